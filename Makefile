@@ -1,0 +1,52 @@
+# The two commands a newcomer needs:
+#   make reproduce   set up the locked environment and run the whole pipeline (dvc repro)
+#   make test        set up the locked environment and run every test (pytest + nbval)
+# and `make lab` to open the notebooks in JupyterLab with the project's kernel.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+# uv from PATH, else a private copy bootstrapped with the system Python.
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --locked
+
+# Where the public MNIST mirrors are unreachable, a local mirror beside the
+# checkout is used when present (see README, "Data").
+SHARED_MNIST := $(abspath $(CURDIR)/../shared/data/mnist)
+ifeq ($(MNIST_MIRROR),)
+ifneq ($(wildcard $(SHARED_MNIST)/SHA256SUMS),)
+export MNIST_MIRROR := $(SHARED_MNIST)
+endif
+endif
+
+.PHONY: help setup reproduce test lab lock notebooks-refresh clean-smoke
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+setup: .venv/.synced  ## create .venv from uv.lock (exact versions)
+
+reproduce: setup  ## run the whole pipeline: dvc repro (reports/ is regenerated)
+	$(RUN) dvc repro
+
+test: setup  ## run every test: unit, integration and nbval on the notebooks' smoke defaults
+	$(RUN) pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+
+lab: setup  ## open the notebooks in JupyterLab with the project's environment
+	$(RUN) jupyter lab notebooks/
+
+lock:  ## after editing dependencies: update uv.lock and the pip lock conda users install
+	$(UV) lock
+	$(UV) export --frozen --no-hashes --no-emit-project --output-file requirements-lock.txt >/dev/null
+
+notebooks-refresh: setup  ## re-run notebooks with smoke defaults; keep only NBVAL_CHECK_OUTPUT outputs
+	$(RUN) python tools/refresh_notebook_outputs.py notebooks/*.ipynb

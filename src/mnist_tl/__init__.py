@@ -1,0 +1,1 @@
+"""MNIST transfer learning."""

@@ -1,0 +1,58 @@
+"""Atomic writes and report assembly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnist_tl import io, report
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out" / "metrics.json"
+    io.write_json(target, {"b": 1, "a": 2})
+    assert target.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    with pytest.raises(RuntimeError), io.atomic_open(target) as f:
+        f.write("half")
+        raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 2, "b": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_path_keeps_suffix_for_format_sniffing(tmp_path):
+    with io.atomic_path(tmp_path / "figure.png") as tmp:
+        assert tmp.suffix == ".png" and tmp.parent == tmp_path
+        tmp.write_bytes(b"png")
+    assert (tmp_path / "figure.png").read_bytes() == b"png"
+
+
+def _row(**kw):
+    base = {"study": "slide-deck", "protocol": "faithful", "model": "Softmax regression",
+            "task": "even", "metric": "test_accuracy", "mean": 96.5, "std": 0.1,
+            "ci95_low": 96.4, "ci95_high": 96.6, "n_seeds": 5, "reference": 96.02,
+            "reference_source": "slide deck"}
+    return base | kw
+
+
+def test_report_collects_rows_from_every_metrics_file(tmp_path):
+    metrics = tmp_path / "metrics"
+    io.write_json(metrics / "a.json", {"results": [_row(), _row(task="odd", reference=95.13)]})
+    io.write_json(metrics / "b.json", {"results": [_row(model="MLP", reference=None)]})
+    io.write_json(metrics / "other.json", {"accuracy": 1.0})  # no rows: ignored
+    csv_path, md_path = report.build_report(tmp_path)
+    table = report.collect_results(metrics)
+    assert len(table) == 3
+    assert table.loc[table.task == "odd", "difference"].item() == pytest.approx(96.5 - 95.13)
+    text = md_path.read_text()
+    expected = ("| Softmax regression | MNIST-Odd | 96.50 ± 0.10 | [96.40, 96.60] | 5 "
+                "| 95.13 | 1.37 |")
+    assert expected in text
+    assert "| MLP | MNIST-Even | 96.50 ± 0.10 | [96.40, 96.60] | 5 |  |  |" in text
+    assert csv_path.read_text().splitlines()[0].startswith("study,protocol,model,task")
+
+
+def test_empty_report_says_so(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    _, md_path = report.build_report(tmp_path)
+    assert "No model results yet" in md_path.read_text()
