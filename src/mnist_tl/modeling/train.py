@@ -1,0 +1,342 @@
+"""Training: several seeds at once, each exactly as if trained alone.
+
+:func:`fit` takes one initialised model per seed and trains them together as
+one stacked model (batched matrix products over the seeds): every seed
+keeps its own initialisation, its own shuffling (a generator seeded by the
+seed) and its own optimizer state, and the seeds' losses are summed, so each
+seed's gradient is its own. SGD and Adam are element-wise, hence per seed.
+The batched matrix products make the CPU run close to its matrix-multiply
+throughput where one small model at a time would not.
+
+Early stopping is per seed: a seed stops ``patience`` epochs after its best
+validation loss, its history ends there, and its best weights are restored.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mnist_tl.io import atomic_path
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; validated on construction, before any computation."""
+
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    batch_size: int = 64
+    epochs: int = 100
+    early_stopping: bool = False
+    patience: int = 10
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}.")
+        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+        for name in ("batch_size", "epochs", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+@dataclass
+class History:
+    """Per-epoch record of one seed."""
+
+    seed: int
+    eval_split: str | None  # the set watched each epoch: "val", "test" or None
+    train_loss: list[float] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int | None = None  # 1-based; the weights kept under early stopping
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"epochs_run": self.epochs_run}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _make_optimizer(config: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+def linear_chain(module: nn.Module) -> list[nn.Module]:
+    """``module`` as the sequence of layers its forward pass applies.
+
+    Supported: the models of :mod:`mnist_tl.modeling.models` and any nesting of
+    ``nn.Sequential`` over Linear, ReLU, Dropout and Identity layers.
+    """
+    from mnist_tl.modeling.models import MLP, SoftmaxRegression
+
+    if isinstance(module, nn.Linear | nn.ReLU | nn.Dropout | nn.Identity):
+        return [module]
+    if isinstance(module, nn.Sequential):
+        return [layer for child in module for layer in linear_chain(child)]
+    if isinstance(module, SoftmaxRegression | MLP):
+        return linear_chain(module.features) + linear_chain(module.head)
+    raise TypeError(f"fit cannot train {type(module).__name__} layers; supported: Linear, "
+                    "ReLU, Dropout, Identity, nn.Sequential of them, SoftmaxRegression, MLP")
+
+
+class _Stacked:
+    """S models of one linear-chain architecture as stacked tensors.
+
+    Each Linear layer becomes a weight ``(S, in, out)`` (transposed, so both
+    the forward product and the weight gradient are plain batched GEMMs with
+    no copies) and a bias ``(S, 1, out)``.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device):
+        self.models = list(models)
+        self.chains = [linear_chain(m) for m in self.models]
+        shapes = {
+            tuple((type(layer).__name__, tuple(getattr(layer, "weight", torch.empty(0)).shape),
+                   tuple(p.requires_grad for p in layer.parameters())) for layer in chain)
+            for chain in self.chains
+        }
+        if len(shapes) != 1:
+            raise ValueError("all models must have the same architecture and frozen layers")
+        self.layers = []  # (kind, weight, bias, dropout p) per layer of the chain
+        for position, layer in enumerate(self.chains[0]):
+            if isinstance(layer, nn.Linear):
+                weight = torch.stack([c[position].weight.detach().t() for c in self.chains])
+                bias = torch.stack([c[position].bias.detach() for c in self.chains])[:, None]
+                grad = layer.weight.requires_grad
+                self.layers.append(("linear", weight.contiguous().to(device).requires_grad_(grad),
+                                    bias.to(device).requires_grad_(grad), 0.0))
+            elif isinstance(layer, nn.ReLU):
+                self.layers.append(("relu", None, None, 0.0))
+            elif isinstance(layer, nn.Dropout):
+                self.layers.append(("dropout", None, None, layer.p))
+        self.trainable = [t for kind, w, b, _ in self.layers if kind == "linear"
+                          for t in (w, b) if t.requires_grad]
+        if not self.trainable:
+            raise ValueError("nothing to train: every parameter of the model is frozen")
+        self.training = True
+
+    def __call__(self, x: torch.Tensor, per_model: bool) -> torch.Tensor:
+        """Logits ``(S, B, C)`` for inputs ``(S, B, D)`` or, shared, ``(B, D)``."""
+        h = x if per_model else x.expand(len(self.models), *x.shape)
+        for kind, weight, bias, p in self.layers:
+            if kind == "linear":
+                h = torch.baddbmm(bias, h, weight)
+            elif kind == "relu":
+                h = torch.relu(h)
+            elif p and self.training:
+                h = F.dropout(h, p, training=True)
+        return h
+
+    def write_back(self) -> None:
+        """Copy the stacked weights into the original models."""
+        linear = [(w, b) for kind, w, b, _ in self.layers if kind == "linear"]
+        for i, chain in enumerate(self.chains):
+            layers = [layer for layer in chain if isinstance(layer, nn.Linear)]
+            with torch.no_grad():
+                for layer, (w, b) in zip(layers, linear, strict=True):
+                    layer.weight.copy_(w[i].t())
+                    layer.bias.copy_(b[i, 0])
+
+
+@torch.no_grad()
+def _evaluate(net: _Stacked, x: torch.Tensor, y: torch.Tensor, per_model: bool,
+              chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy of every stacked model on (x, y)."""
+    net.training = False
+    n = len(y)
+    loss = torch.zeros(len(net.models), device=y.device)
+    correct = torch.zeros(len(net.models), device=y.device)
+    for start in range(0, n, chunk):
+        xb = x[:, start:start + chunk] if per_model else x[start:start + chunk]
+        yb = y[start:start + chunk]
+        logits = net(xb, per_model)
+        loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(net.models)),
+                                reduction="none").view(len(net.models), -1).sum(1)
+        correct += (logits.argmax(-1) == yb).sum(1)
+    return loss / n, correct / n
+
+
+def fit(
+    models: Sequence[nn.Module],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    x_eval: torch.Tensor | None = None,
+    y_eval: torch.Tensor | None = None,
+    eval_split: str = "val",
+    per_model_inputs: bool = False,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    desc: str = "train",
+) -> list[History]:
+    """Train ``models[i]`` with seed ``seeds[i]``, in place; return one history per seed.
+
+    Inputs are float tensors ``(N, D)`` shared by all models, or ``(S, N, D)``
+    one per model with ``per_model_inputs=True`` (features cached per model).
+    ``x_eval`` is watched each epoch (train loss, eval loss and accuracy); with
+    ``config.early_stopping`` it is the validation set that decides stopping.
+    """
+    if len(models) != len(seeds) or not models:
+        raise ValueError(f"need one seed per model, got {len(models)} models, {len(seeds)} seeds")
+    if config.early_stopping and x_eval is None:
+        raise ValueError("early stopping needs a validation set (x_eval, y_eval)")
+    n = y_train.shape[0]
+    if n == 0:
+        raise ValueError("the training set is empty")
+    device = resolve_device(device)
+    net = _Stacked(models, device)
+    num_models = len(models)
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    if x_eval is not None:
+        x_eval, y_eval = x_eval.to(device), y_eval.to(device)
+    optimizer = _make_optimizer(config, net.trainable)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    torch.manual_seed(int(seeds[0]))  # dropout masks
+    rows = torch.arange(num_models, device=device)[:, None]
+
+    histories = [History(int(s), eval_split if x_eval is not None else None) for s in seeds]
+    active = torch.ones(num_models, dtype=torch.bool)
+    best_loss = torch.full((num_models,), math.inf)
+    best_epoch = torch.zeros(num_models, dtype=torch.long)
+    best = [t.detach().clone() for t in net.trainable] if config.early_stopping else []
+
+    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        net.training = True
+        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+        total = torch.zeros(num_models, device=device)
+        for start in range(0, n, config.batch_size):
+            idx = order[:, start:start + config.batch_size]
+            xb = x_train[rows, idx] if per_model_inputs else x_train[idx]
+            logits = net(xb, per_model=True)
+            loss = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
+                                   reduction="none").view(num_models, -1).mean(1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()  # seeds share no parameters: each gets its own gradient
+            optimizer.step()
+            total += loss.detach() * idx.shape[1]
+        train_loss = (total / n).cpu()
+        if x_eval is not None:
+            eval_loss, eval_acc = (t.cpu() for t in _evaluate(net, x_eval, y_eval,
+                                                              per_model_inputs))
+        for i in active.nonzero().flatten().tolist():
+            histories[i].train_loss.append(train_loss[i].item())
+            if x_eval is not None:
+                histories[i].eval_loss.append(eval_loss[i].item())
+                histories[i].eval_accuracy.append(eval_acc[i].item())
+        postfix = {"train_loss": f"{train_loss[active].mean():.4f}"}
+        if x_eval is not None:
+            postfix[f"{eval_split}_loss"] = f"{eval_loss[active].mean():.4f}"
+        bar.set_postfix(postfix)
+
+        if config.early_stopping:
+            improved = active & (eval_loss < best_loss)
+            if improved.any():
+                mask = improved.to(device)
+                for kept, current in zip(best, net.trainable, strict=True):
+                    kept[mask] = current.detach()[mask]
+                best_loss[improved] = eval_loss[improved]
+                best_epoch[improved] = epoch
+            active &= (epoch - best_epoch) < config.patience
+            if not active.any():
+                break
+    bar.close()
+
+    if config.early_stopping:
+        with torch.no_grad():
+            for kept, current in zip(best, net.trainable, strict=True):
+                current.copy_(kept)
+    for i, history in enumerate(histories):
+        history.best_epoch = int(best_epoch[i]) if config.early_stopping else history.epochs_run
+    net.write_back()
+    return histories
+
+
+@torch.no_grad()
+def features_of(models: Sequence[nn.Module], x: torch.Tensor, device: str | torch.device = "auto",
+                chunk: int = 8192) -> torch.Tensor:
+    """Each model's ``features(x)``, stacked ``(S, N, D)``: a frozen extractor, run once."""
+    device = resolve_device(device)
+    out = []
+    for model in models:
+        model = model.to(device).eval()
+        out.append(torch.cat([model.features(x[i:i + chunk].to(device))
+                              for i in range(0, len(x), chunk)]))
+        model.to("cpu")
+    return torch.stack(out)
+
+
+def fit_frozen_features(
+    models: Sequence[nn.Module],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    x_eval: torch.Tensor | None = None,
+    y_eval: torch.Tensor | None = None,
+    eval_split: str = "val",
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    desc: str = "train head",
+) -> list[History]:
+    """:func:`fit` for models whose ``features`` are frozen: the same mathematics,
+    with the features computed once instead of at every step. Only heads train.
+    """
+    for model in models:
+        if any(p.requires_grad for p in model.features.parameters()):
+            raise ValueError("fit_frozen_features needs models whose features are frozen")
+        if any(isinstance(m, nn.Dropout | nn.BatchNorm1d) for m in model.features.modules()):
+            raise ValueError("features with dropout or batch norm change at each step; use fit")
+    train_features = features_of(models, x_train, device)
+    eval_features = features_of(models, x_eval, device) if x_eval is not None else None
+    return fit(
+        [m.head for m in models], train_features, y_train, config, seeds,
+        x_eval=eval_features, y_eval=y_eval, eval_split=eval_split, per_model_inputs=True,
+        device=device, progress=progress, desc=desc,
+    )
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
+    """A state dict and plain metadata, loadable with ``weights_only=True``."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> dict:
+    """Load a checkpoint safely (no pickled code); fill ``model`` if given."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if model is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    return checkpoint

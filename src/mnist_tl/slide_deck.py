@@ -1,0 +1,386 @@
+"""The slide-deck study: softmax regression, a neural network and digit-split transfer
+on MNIST-Even / MNIST-Odd, under two protocols.
+
+``faithful``: the deck's published code. All official training images of the
+parity, no validation split, 10-way heads on digit labels, SGD (lr 0.001,
+momentum 0.9, batch 64) for 100 epochs, the test loss watched every epoch;
+transfer freezes the trained network's hidden layer, KEEPS its trained output
+layer and fine-tunes it with a new Adam (lr 0.001, batch 64) for 30 epochs on
+the other parity.
+
+``corrected``: the same models and optimisers, but a stratified validation
+split, early stopping on validation loss (same maximum epochs) restoring the
+best weights, test images touched once at the end, and a freshly initialised
+head for transfer (the kept head as a second variant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from mnist_tl import dataset, evaluate
+from mnist_tl.modeling.models import build_model, transfer_model
+from mnist_tl.modeling.train import (
+    History,
+    TrainConfig,
+    fit,
+    fit_frozen_features,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+STUDY = "slide-deck"
+OTHER_PARITY = {"even": "odd", "odd": "even"}
+MODEL_TITLES = {
+    "softmax": "Softmax regression",
+    "mlp": "Neural network",
+    "transfer-keep": "Transfer learning (kept head)",
+    "transfer-fresh": "Transfer learning (fresh head)",
+}
+# The deck's test accuracy table (%); a transfer column names the TARGET parity.
+DECK_ACCURACY = {
+    ("softmax", "even"): 96.02, ("softmax", "odd"): 95.13,
+    ("mlp", "even"): 98.56, ("mlp", "odd"): 98.34,
+    ("transfer", "even"): 98.21, ("transfer", "odd"): 98.06,
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    validation: bool  # split off validation, early-stop on it, test once at the end
+    transfer_heads: tuple[str, ...]
+
+
+PROTOCOLS = {
+    "faithful": Protocol("faithful", validation=False, transfer_heads=("keep",)),
+    "corrected": Protocol("corrected", validation=True, transfer_heads=("fresh", "keep")),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ValueError(f"Unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}.") from None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The study's settings (params.yaml ``slide_deck`` and ``data``), validated up front."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    batch_size: int = 64
+    lr: float = 0.001
+    momentum: float = 0.9
+    epochs: int = 100
+    transfer_lr: float = 0.001
+    transfer_epochs: int = 30
+    patience: int = 5
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train_subset: int = 0  # > 0: a stratified subset of each training set (smoke runs)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}.")
+        if self.train_subset < 0:
+            raise ValueError(f"train_subset must be >= 0, got {self.train_subset!r}.")
+        dataset.check_val_fraction(self.val_fraction)
+        if self.val_fraction == 0:
+            raise ValueError("the corrected protocol needs val_fraction > 0.")
+        for protocol in PROTOCOLS.values():  # constructing them validates lr, batch size...
+            self.train_config(protocol)
+            self.transfer_config(protocol)
+
+    @classmethod
+    def from_seed_count(cls, n_seeds: int, **kwargs) -> StudyConfig:
+        if not isinstance(n_seeds, int) or n_seeds < 1:
+            raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}.")
+        return cls(seeds=tuple(range(n_seeds)), **kwargs)
+
+    def train_config(self, protocol: Protocol) -> TrainConfig:
+        return TrainConfig("sgd", self.lr, self.momentum, self.batch_size, self.epochs,
+                           early_stopping=protocol.validation, patience=self.patience)
+
+    def transfer_config(self, protocol: Protocol) -> TrainConfig:
+        return TrainConfig("adam", self.transfer_lr, 0.0, self.batch_size, self.transfer_epochs,
+                           early_stopping=protocol.validation, patience=self.patience)
+
+
+@dataclass
+class Run:
+    """One model kind trained on one task under one protocol, for every seed."""
+
+    model: str  # "softmax", "mlp", "transfer-keep", "transfer-fresh"
+    protocol: str
+    task: str
+    seeds: tuple[int, ...]
+    models: list[nn.Module]
+    histories: list[History]
+    y_test: torch.Tensor  # digits
+    predictions: torch.Tensor  # (S, N_test) predicted digits
+    source_task: str | None = None
+    metrics: list[dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        labels = list(dataset.task_classes(self.task))
+        self.metrics = [evaluate.classification_metrics(self.y_test, p, labels)
+                        for p in self.predictions]
+
+    @property
+    def title(self) -> str:
+        return MODEL_TITLES[self.model]
+
+    @property
+    def name(self) -> str:
+        source = f"{self.source_task}_to_" if self.source_task else ""
+        return f"{self.model}_{self.protocol}_{source}{self.task}"
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [m["accuracy"] for m in self.metrics]
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predictions == self.y_test
+
+    def summary(self) -> dict:
+        """Everything a reader needs to audit the run, as plain JSON."""
+        return {
+            "model": self.model, "protocol": self.protocol, "task": self.task,
+            "source_task": self.source_task, "seeds": list(self.seeds),
+            "accuracy": evaluate.summarize(self.accuracies),
+            "per_seed": [
+                {"seed": s, "accuracy": m["accuracy"], "correct": m["correct"], "n": m["n"],
+                 "epochs_run": h.epochs_run, "best_epoch": h.best_epoch}
+                for s, m, h in zip(self.seeds, self.metrics, self.histories, strict=True)
+            ],
+            "per_class_mean": {
+                key: np.mean([m[key] for m in self.metrics], axis=0).round(5).tolist()
+                for key in ("precision", "recall", "f1")
+            } | {"labels": self.metrics[0]["labels"]},
+            "histories": [h.to_dict() for h in self.histories],
+        }
+
+
+@dataclass(frozen=True)
+class Splits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    eval_split: str
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def task_splits(task: str, protocol: Protocol, config: StudyConfig,
+                arrays: dataset.Arrays | None = None) -> Splits:
+    """Flattened [0, 1] inputs and digit labels for one task under ``protocol``.
+
+    Faithful: train on all of the task's official training images and watch the
+    test set each epoch, as the deck did. Corrected: train/validation split.
+    """
+    data = dataset.load_task(
+        task, val_fraction=config.val_fraction if protocol.validation else 0.0,
+        seed=config.split_seed, label_mode="digit", arrays=arrays,
+    )
+    x_train, y_train = data.x_train, data.y_train
+    if 0 < config.train_subset < len(y_train):
+        keep, _ = train_test_split(np.arange(len(y_train)), train_size=config.train_subset,
+                                   stratify=y_train.numpy(), random_state=config.split_seed)
+        keep = torch.from_numpy(np.sort(keep))
+        x_train, y_train = x_train[keep], y_train[keep]
+    x_eval, y_eval = (data.x_val, data.y_val) if protocol.validation else (data.x_test,
+                                                                          data.y_test)
+    return Splits(dataset.flatten(x_train), y_train, dataset.flatten(x_eval), y_eval,
+                  "val" if protocol.validation else "test",
+                  dataset.flatten(data.x_test), data.y_test)
+
+
+def _predictions(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([evaluate.predict(m, x) for m in models])
+
+
+def train_baseline(model: str, task: str, protocol: str, config: StudyConfig, *,
+                   arrays: dataset.Arrays | None = None, progress: bool = True) -> Run:
+    """Train softmax regression or the network on ``task`` for every seed."""
+    proto = get_protocol(protocol)
+    splits = task_splits(task, proto, config, arrays)
+    models = [build_model(model, 10, hidden=(500,), seed=s) for s in config.seeds]
+    histories = fit(
+        models, splits.x_train, splits.y_train, config.train_config(proto), config.seeds,
+        x_eval=splits.x_eval, y_eval=splits.y_eval, eval_split=splits.eval_split,
+        device=config.device, progress=progress, desc=f"{model} {protocol} {task}",
+    )
+    models = [m.cpu() for m in models]
+    return Run(model, protocol, task, config.seeds, models, histories, splits.y_test,
+               _predictions(models, splits.x_test))
+
+
+def train_transfer(source: Run, head: str, config: StudyConfig, *,
+                   arrays: dataset.Arrays | None = None, progress: bool = True) -> Run:
+    """Fine-tune each seed's source network on the other parity (features frozen)."""
+    proto = get_protocol(source.protocol)
+    target = OTHER_PARITY[source.task]
+    splits = task_splits(target, proto, config, arrays)
+    models = [transfer_model(m, head=head, seed=s) for m, s in zip(source.models, config.seeds,
+                                                                  strict=True)]
+    histories = fit_frozen_features(
+        models, splits.x_train, splits.y_train, config.transfer_config(proto), config.seeds,
+        x_eval=splits.x_eval, y_eval=splits.y_eval, eval_split=splits.eval_split,
+        device=config.device, progress=progress,
+        desc=f"transfer-{head} {source.protocol} {source.task}->{target}",
+    )
+    models = [m.cpu() for m in models]
+    return Run(f"transfer-{head}", source.protocol, target, config.seeds, models, histories,
+               splits.y_test, _predictions(models, splits.x_test), source_task=source.task)
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_path(models_dir: Path, model: str, protocol: str, task: str, seed: int) -> Path:
+    return Path(models_dir) / f"{model}_{protocol}_{task}_seed{seed}.pt"
+
+
+def save_run(run: Run, models_dir: Path) -> list[Path]:
+    return [
+        save_checkpoint(m, checkpoint_path(models_dir, run.model, run.protocol, run.task, s),
+                        model=run.model, protocol=run.protocol, task=run.task, seed=s,
+                        history=h.to_dict())
+        for m, s, h in zip(run.models, run.seeds, run.histories, strict=True)
+    ]
+
+
+def load_run(model: str, task: str, protocol: str, config: StudyConfig, models_dir: Path, *,
+             arrays: dataset.Arrays | None = None) -> Run:
+    """A :class:`Run` rebuilt from the checkpoints :func:`save_run` wrote."""
+    proto = get_protocol(protocol)
+    models, histories = [], []
+    for seed in config.seeds:
+        path = checkpoint_path(models_dir, model, protocol, task, seed)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: run the stage that trains it (dvc repro mlp) or pass "
+                "models_dir=None to train the source networks in the notebook."
+            )
+        net = build_model(model, 10, hidden=(500,))
+        meta = load_checkpoint(path, net)["meta"]
+        history = meta["history"]
+        history.pop("epochs_run", None)
+        models.append(net)
+        histories.append(History(**history))
+    splits = task_splits(task, proto, config, arrays)
+    return Run(model, protocol, task, config.seeds, models, histories, splits.y_test,
+               _predictions(models, splits.x_test))
+
+
+# --------------------------------------------------------------------- result rows
+
+
+def result_row(run: Run) -> dict:
+    """The run's test accuracy over seeds, with the deck's number where it has one."""
+    kind = "transfer" if run.model.startswith("transfer") else run.model
+    reference = DECK_ACCURACY.get((kind, run.task))
+    model = run.title + (f" ({run.source_task}→{run.task})" if run.source_task else "")
+    return {
+        "study": STUDY, "protocol": run.protocol, "model": model, "task": run.task,
+        "metric": "test_accuracy", **evaluate.summarize(run.accuracies),
+        "reference": reference, "reference_source": "slide deck" if reference else None,
+    }
+
+
+def deck_mixed_row(source: Run, transfer: Run) -> dict:
+    """The deck's transfer number recomputed its way: source test images (before
+    transfer) and target test images (after) pooled over all 10 000 test images."""
+    values = [
+        evaluate.deck_mixed_accuracy(s["correct"], t["correct"], s["n"] + t["n"])
+        for s, t in zip(source.metrics, transfer.metrics, strict=True)
+    ]
+    reference = DECK_ACCURACY[("transfer", transfer.task)]
+    return {
+        "study": STUDY, "protocol": transfer.protocol,
+        "model": f"{transfer.title} ({source.task}→{transfer.task}), the deck's mixed count",
+        "task": transfer.task, "metric": "test_accuracy", **evaluate.summarize(values),
+        "reference": reference, "reference_source": "slide deck",
+    }
+
+
+def mcnemar_vs_direct(transfer: Run, direct: Run) -> dict:
+    """Transfer vs the network trained directly on the target parity, seed by seed."""
+    if transfer.task != direct.task:
+        raise ValueError("compare runs on the same target task")
+    tests = [evaluate.mcnemar(t, d) | {"seed": s}
+             for t, d, s in zip(transfer.correct, direct.correct, transfer.seeds, strict=True)]
+    return {
+        "transfer": transfer.name, "direct": direct.name, "per_seed": tests,
+        "transfer_better_seeds": sum(t["a_only"] > t["b_only"] for t in tests),
+        "significant_seeds_p05": sum(t["p_value"] < 0.05 for t in tests),
+        "median_p_value": float(np.median([t["p_value"] for t in tests])),
+    }
+
+
+# ------------------------------------------------------------------ notebook output
+
+TASK_TITLES = {"even": "MNIST-Even", "odd": "MNIST-Odd", "full": "MNIST (10 classes)"}
+
+
+def save_run_figures(run: Run, reports_dir=None) -> list[Path]:
+    """The deck's two figures for a run: loss curves and metrics (confusion + P/R/F1)."""
+    import matplotlib.pyplot as plt
+
+    from mnist_tl import plots
+
+    source = f"{TASK_TITLES[run.source_task]} → " if run.source_task else ""
+    title = f"{run.title}, {run.protocol} protocol, {source}{TASK_TITLES[run.task]}"
+    paths = []
+    for kind, fig in (("loss", plots.loss_curves(run.histories, title)),
+                      ("metrics", plots.metrics_figure(run.metrics, title))):
+        paths.append(plots.save_figure(fig, f"{run.name}_{kind}", reports_dir))
+        plt.close(fig)
+    return paths
+
+
+def results_frame(rows: list[dict]):
+    """The rows as a readable table: mean ± std, 95 % CI, the deck's number, difference."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    table["ours (%)"] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table["mean"], table["std"],
+                                                               strict=True)]
+    table["95 % CI"] = [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(
+        table["ci95_low"], table["ci95_high"], strict=True)]
+    table["deck (%)"] = table["reference"]
+    table["ours − deck"] = (table["mean"] - table["reference"].astype(float)).round(2)
+    table["task"] = table["task"].map(TASK_TITLES)
+    return table[["protocol", "model", "task", "ours (%)", "95 % CI", "n_seeds", "deck (%)",
+                  "ours − deck"]]
+
+
+def write_metrics(name: str, rows: list[dict], runs: list[Run], config: StudyConfig,
+                  reports_dir=None, **extra) -> Path:
+    """``<reports_dir>/metrics/<name>.json``: the result rows, every run's details, settings
+    and the software/thread setting that produced them."""
+    from dataclasses import asdict
+
+    from mnist_tl import config as paths
+    from mnist_tl.io import write_json
+    from mnist_tl.provenance import environment
+
+    return write_json(paths.metrics_dir(reports_dir) / f"{name}.json", {
+        "results": rows,
+        "runs": {run.name: run.summary() for run in runs},
+        "config": asdict(config),
+        "environment": environment(),
+        **extra,
+    })
