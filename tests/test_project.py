@@ -45,6 +45,14 @@ def test_notebook_is_clean_and_well_formed(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path):
+    import papermill
+
+    found = set(papermill.inspect_notebook(str(path)))
+    assert found == defined_names(parameters_cell(nbformat.read(path, as_version=4)).source)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_each_notebook_is_a_stage_whose_parameters_exist(path):
     stages = [s for s in DVC["stages"].values() if f"notebooks/{path.name}" in s["cmd"]]
     assert len(stages) == 1, f"{path.name} must be run by exactly one dvc stage"

@@ -1,0 +1,207 @@
+"""Models, the seed-batched trainer and checkpoints, on small data made here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnist_tl.modeling.models import MLP, build_model, frozen_parameter_names, transfer_model
+from mnist_tl.modeling.train import (
+    TrainConfig,
+    fit,
+    fit_frozen_features,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def blobs(n: int = 600, classes: int = 10, noise: float = 2.0, seed: int = 0):
+    """Noisy class prototypes in [0, 1]^784: learnable, not trivially."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, 784, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.sigmoid(centers[y] + noise * torch.randn(n, 784, generator=g))
+    return x, y
+
+
+def mlp(seed: int, hidden=(32,)) -> MLP:
+    return build_model("mlp", 10, hidden=hidden, seed=seed)
+
+
+def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_training_drives_loss_down_and_beats_chance():
+    x, y = blobs()
+    xv, yv = blobs(300, seed=1)
+    models = [mlp(0), build_model("softmax", seed=0)]
+    for model in models:
+        (history,) = fit([model], x, y, TrainConfig(lr=0.02, epochs=8), [0], x_eval=xv[:150],
+                         y_eval=yv[:150], progress=False)
+        assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+        assert history.eval_accuracy[-1] > 0.5  # chance is 0.1
+        assert history.epochs_run == 8 and history.best_epoch == 8
+
+
+def reference_loop(model, x, y, config: TrainConfig, seed: int):
+    """The textbook loop (nn.Module, torch.optim, mini-batches), same shuffling."""
+    optimizer = (torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+                 if config.optimizer == "sgd"
+                 else torch.optim.Adam(model.parameters(), lr=config.lr))
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(config.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        total = 0.0
+        for start in range(0, len(y), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(y))
+    return losses
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_seed_batched_training_equals_training_each_seed_alone(optimizer):
+    x, y = blobs(300)
+    config = TrainConfig(optimizer=optimizer, epochs=3, batch_size=32)
+    seeds = [3, 7, 11]
+    together = [mlp(s) for s in seeds]
+    histories = fit(together, x, y, config, seeds, progress=False)
+    for seed, model, history in zip(seeds, together, histories, strict=True):
+        alone = mlp(seed)
+        (history_alone,) = fit([alone], x, y, config, [seed], progress=False)
+        assert history_alone.train_loss == history.train_loss
+        assert states_equal(alone, model)
+        textbook = mlp(seed)
+        losses = reference_loop(textbook, x, y, config, seed)
+        assert losses == pytest.approx(history.train_loss, rel=1e-5)
+        for key, value in textbook.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_history_different_seed_different():
+    x, y = blobs(200)
+    config = TrainConfig(epochs=2)
+    a = fit([mlp(0)], x, y, config, [0], x_eval=x, y_eval=y, progress=False)[0]
+    b = fit([mlp(0)], x, y, config, [0], x_eval=x, y_eval=y, progress=False)[0]
+    c = fit([mlp(1)], x, y, config, [1], x_eval=x, y_eval=y, progress=False)[0]
+    assert a.to_dict() | {"seed": 0} == b.to_dict() | {"seed": 0}
+    assert a.train_loss != c.train_loss
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    # Few noisy training images and a large learning rate: validation loss
+    # reaches a minimum and then rises as the network memorises.
+    x, y = blobs(120, noise=4.0)
+    xv, yv = blobs(400, noise=4.0, seed=0)
+    xv, yv = xv[120:], yv[120:]  # same prototypes, unseen noise
+    config = TrainConfig(optimizer="adam", lr=0.01, epochs=60, early_stopping=True, patience=3)
+    models = [mlp(0, hidden=(256,)), mlp(1, hidden=(256,))]
+    histories = fit(models, x, y, config, [0, 1], x_eval=xv, y_eval=yv, progress=False)
+    for model, history in zip(models, histories, strict=True):
+        assert history.epochs_run < config.epochs, "validation loss never rose"
+        best = min(range(history.epochs_run), key=history.eval_loss.__getitem__) + 1
+        assert history.best_epoch == best
+        assert history.epochs_run == best + config.patience
+        with torch.no_grad():
+            restored = F.cross_entropy(model(xv), yv).item()
+        assert restored == pytest.approx(history.eval_loss[best - 1], rel=1e-5)
+
+
+def test_early_stopping_needs_a_validation_set():
+    x, y = blobs(50)
+    with pytest.raises(ValueError, match="validation set"):
+        fit([mlp(0)], x, y, TrainConfig(early_stopping=True), [0], progress=False)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_fine_tuning_changes_the_head_and_not_the_frozen_features(cached):
+    x, y = blobs(200)
+    source = mlp(0)
+    fit([source], x, y, TrainConfig(epochs=1), [0], progress=False)
+    model = transfer_model(source, head="keep")
+    assert frozen_parameter_names(model) == ["features.0.weight", "features.0.bias"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train = fit_frozen_features if cached else fit
+    train([model], x, (y + 1) % 10, TrainConfig(optimizer="adam", epochs=2), [0],
+          progress=False)
+    after = model.state_dict()
+    assert torch.equal(after["features.0.weight"], before["features.0.weight"])
+    assert torch.equal(after["features.0.bias"], before["features.0.bias"])
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    assert states_equal(source, source)  # the source model is untouched by the copy
+    assert not torch.equal(source.head.weight, model.head.weight)
+
+
+def test_cached_features_give_the_same_training_as_the_full_model():
+    x, y = blobs(300)
+    source = mlp(0)
+    config = TrainConfig(optimizer="adam", epochs=3)
+    full, cached = transfer_model(source, "fresh", seed=5), transfer_model(source, "fresh", seed=5)
+    h_full = fit([full], x, y, config, [5], x_eval=x[:100], y_eval=y[:100], progress=False)
+    h_cached = fit_frozen_features([cached], x, y, config, [5], x_eval=x[:100],
+                                   y_eval=y[:100], progress=False)
+    assert h_cached[0].train_loss == pytest.approx(h_full[0].train_loss, rel=1e-5)
+    torch.testing.assert_close(cached.head.weight, full.head.weight, rtol=1e-4, atol=1e-6)
+
+
+def test_kept_and_fresh_heads_behave_as_named():
+    source = mlp(0)
+    kept = transfer_model(source, head="keep")
+    fresh_a = transfer_model(source, head="fresh", seed=1)
+    fresh_b = transfer_model(source, head="fresh", seed=1)
+    fresh_c = transfer_model(source, head="fresh", seed=2)
+    assert torch.equal(kept.head.weight, source.head.weight)
+    assert not torch.equal(fresh_a.head.weight, source.head.weight)
+    assert torch.equal(fresh_a.head.weight, fresh_b.head.weight)  # seeded
+    assert not torch.equal(fresh_a.head.weight, fresh_c.head.weight)
+    for model in (kept, fresh_a):
+        assert torch.equal(model.features[0].weight, source.features[0].weight)
+        assert model.head.weight.requires_grad and not model.features[0].weight.requires_grad
+    with pytest.raises(ValueError, match="Unknown head mode"):
+        transfer_model(source, head="new")
+
+
+def test_default_initialisation_is_pytorchs():
+    torch.manual_seed(4)
+    expected = torch.nn.Linear(784, 500)
+    model = build_model("mlp", seed=4)
+    assert torch.equal(model.features[0].weight, expected.weight)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "rmsprop"}, "Unknown optimizer 'rmsprop'"),
+    ({"lr": 0}, "lr must be a positive number"),
+    ({"lr": -1e-3}, "lr must be a positive number"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"patience": 1.5}, "patience must be a positive integer"),
+    ({"momentum": 1.0}, "momentum must be in"),
+])
+def test_bad_training_settings_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_unknown_model_fails_with_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown model 'cnn'.*softmax"):
+        build_model("cnn")
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    model = mlp(0)
+    path = save_checkpoint(model, tmp_path / "m.pt", seed=0, history={"train_loss": [1.0]})
+    loaded = mlp(1)
+    checkpoint = load_checkpoint(path, loaded)
+    assert states_equal(model, loaded)
+    assert checkpoint["meta"] == {"seed": 0, "history": {"train_loss": [1.0]}}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    torch.save({"evil": object()}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        load_checkpoint(tmp_path / "bad.pt")
