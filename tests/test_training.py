@@ -17,9 +17,10 @@ from mnist_tl.modeling.train import (
 
 
 def blobs(n: int = 600, classes: int = 10, noise: float = 2.0, seed: int = 0):
-    """Noisy class prototypes in [0, 1]^784: learnable, not trivially."""
+    """Noisy copies of fixed class prototypes in [0, 1]^784: learnable, not trivially.
+    ``seed`` draws the samples; the prototypes are the same for every seed."""
+    centers = torch.randn(classes, 784, generator=torch.Generator().manual_seed(1234))
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, 784, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
     x = torch.sigmoid(centers[y] + noise * torch.randn(n, 784, generator=g))
     return x, y
@@ -81,8 +82,10 @@ def test_seed_batched_training_equals_training_each_seed_alone(optimizer):
         textbook = mlp(seed)
         losses = reference_loop(textbook, x, y, config, seed)
         assert losses == pytest.approx(history.train_loss, rel=1e-5)
+        # Adam divides by the root of tiny second moments, amplifying float rounding.
+        atol = 1e-5 if optimizer == "sgd" else 1e-4
         for key, value in textbook.state_dict().items():
-            torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=atol)
 
 
 def test_same_seed_same_history_different_seed_different():
@@ -99,8 +102,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch():
     # Few noisy training images and a large learning rate: validation loss
     # reaches a minimum and then rises as the network memorises.
     x, y = blobs(120, noise=4.0)
-    xv, yv = blobs(400, noise=4.0, seed=0)
-    xv, yv = xv[120:], yv[120:]  # same prototypes, unseen noise
+    xv, yv = blobs(300, noise=4.0, seed=1)
     config = TrainConfig(optimizer="adam", lr=0.01, epochs=60, early_stopping=True, patience=3)
     models = [mlp(0, hidden=(256,)), mlp(1, hidden=(256,))]
     histories = fit(models, x, y, config, [0, 1], x_eval=xv, y_eval=yv, progress=False)

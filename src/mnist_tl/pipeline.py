@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         help="notebook parameter; VALUE is parsed as YAML (as papermill -y does)",
     )
     args = parser.parse_args(argv)
+    # A terminated run (Ctrl-C, kill, a CI timeout) unwinds normally, so no
+    # temporary or half-written file is left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     parameters = {name: yaml.safe_load(value) for name, value in args.parameter}
     run_notebook(args.notebook, parameters, args.output)
 

@@ -327,10 +327,10 @@ def fit_frozen_features(
 # ----------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
+def save_checkpoint(module: nn.Module, path: str | os.PathLike, /, **meta) -> Path:
     """A state dict and plain metadata, loadable with ``weights_only=True``."""
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+        torch.save({"state_dict": module.state_dict(), "meta": meta}, tmp)
     return Path(path)
 
 
