@@ -20,7 +20,7 @@ export MNIST_MIRROR := $(SHARED_MNIST)
 endif
 endif
 
-.PHONY: help setup reproduce test lab lock notebooks-refresh clean-smoke
+.PHONY: help setup reproduce test lab bench lock notebooks-refresh
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test: setup  ## run every test: unit, integration and nbval on the notebooks' sm
 
 lab: setup  ## open the notebooks in JupyterLab with the project's environment
 	$(RUN) jupyter lab notebooks/
+
+bench: setup  ## training speed: our trainer vs the tutorial loop, scikit-learn, the compute floor
+	$(RUN) python benchmarks/bench_training.py
 
 lock:  ## after editing dependencies: update uv.lock and the pip lock conda users install
 	$(UV) lock

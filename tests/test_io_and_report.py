@@ -56,3 +56,35 @@ def test_empty_report_says_so(tmp_path):
     (tmp_path / "metrics").mkdir()
     _, md_path = report.build_report(tmp_path)
     assert "No model results yet" in md_path.read_text()
+
+
+def test_slide_deck_section_uses_the_decks_layout_and_audits_it(tmp_path):
+    rows = [
+        _row(),  # softmax even 96.50, deck 96.02
+        _row(model="Neural network", task="odd", mean=98.40, reference=98.34),
+        _row(model="Transfer learning (kept head) (even→odd)", task="odd", mean=97.30,
+             reference=98.06),
+        _row(model="Transfer learning (kept head) (even→odd), the deck's mixed count",
+             task="odd", mean=97.95, reference=98.06),
+    ]
+    io.write_json(tmp_path / "metrics" / "softmax.json", {"results": rows})
+    io.write_json(tmp_path / "metrics" / "transfer.json", {"mcnemar": [{
+        "transfer": "transfer-keep_faithful_even_to_odd", "direct": "mlp_faithful_odd",
+        "per_seed": [{}, {}], "transfer_better_seeds": 0, "significant_seeds_p05": 2,
+        "median_p_value": 1e-4}]})
+    _, md_path = report.build_report(tmp_path)
+    text = md_path.read_text()
+    assert "| model | MNIST-Even | MNIST-Odd |" in text
+    assert "| Softmax regression | 96.50 ± 0.10 (deck 96.02, +0.48) |  |" in text
+    assert "MNIST-Even: 96.50 % against the deck's 96.02 % (+0.48), outside ±0.3 points" in text
+    assert "MNIST-Odd: 98.40 % against the deck's 98.34 % (+0.06), within ±0.3 points" in text
+    assert "target-only accuracy is 97.30 %, below the network trained on MNIST-Odd" in text
+    assert "it is 97.95 % (-0.11 from the deck)" in text
+    assert "| faithful | kept head, even→odd | 0 / 2 seeds | 2 / 2 seeds | 0.0001 |" in text
+
+
+def test_implied_target_accuracy_inverts_the_decks_count():
+    # 98.06 % of 10 000 = 98.56 % of the 4 926 even images + x % of the 5 074 odd ones.
+    implied = report._implied_target_accuracy(98.06, "even", "odd")
+    assert implied == pytest.approx((9806 - 0.9856 * 4926) / 5074 * 100)
+    assert round(implied, 2) == 97.57

@@ -17,6 +17,7 @@ adds rows by writing such a file (and declaring it in ``dvc.yaml``).
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,147 @@ def results_markdown(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+DIRECTION = re.compile(r" \((even|odd)→(even|odd)\)")
+
+
+def _kind(model: str) -> str:
+    """A row's model without its transfer direction: 'Transfer learning (kept head)'."""
+    return DIRECTION.sub("", model)
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    order = ("Softmax regression", "Neural network", "Transfer learning")
+    return next((i for i, k in enumerate(order) if kind.startswith(k)), len(order)), kind
+
+
+def _run_title(name: str) -> str:
+    """'transfer-keep_faithful_even_to_odd' -> 'kept head, even→odd'."""
+    match = re.fullmatch(r"transfer-(\w+?)_(\w+?)_(even|odd)_to_(even|odd)", name)
+    if not match:
+        return name
+    head, _, source, target = match.groups()
+    return f"{'kept' if head == 'keep' else 'fresh'} head, {source}→{target}"
+
+
+def _cell(row) -> str:
+    text = f"{row['mean']:.2f} ± {row['std']:.2f}"
+    if pd.notna(row["reference"]):
+        text += f" (deck {row['reference']:.2f}, {row['mean'] - row['reference']:+.2f})"
+    return text
+
+
+def slide_deck_markdown(table: pd.DataFrame, metrics_dir: Path) -> str:
+    """The deck's table layout per protocol, the audit, and the McNemar tests."""
+    deck = table[(table.study == "slide-deck") & (table.metric == "test_accuracy")]
+    if deck.empty:
+        return ""
+    parts = ["## The slide-deck study\n",
+             "Test accuracy (%) over seeds, mean ± std, with the deck's number and our "
+             "difference in brackets. As in the deck, a transfer row's column is its TARGET "
+             "parity (the Even column of a transfer row is Odd→Even). Confidence intervals and "
+             "per-seed numbers are in `results.csv` and `metrics/*.json`.\n"]
+    columns = [t for t in ("even", "odd", "full") if t in set(deck.task)]
+    for protocol in ("faithful", "corrected"):
+        rows = deck[deck.protocol == protocol]
+        if rows.empty:
+            continue
+        parts.append(f"### {protocol.capitalize()} protocol\n")
+        lines = ["| model | " + " | ".join(TASK_TITLES[t] for t in columns) + " |",
+                 "|---|" + "---|" * len(columns)]
+        kinds = sorted(dict.fromkeys(_kind(m) for m in rows.model), key=_kind_order)
+        for kind in kinds:
+            cells = []
+            for task in columns:
+                match = rows[(rows.model.map(_kind) == kind) & (rows.task == task)]
+                cells.append(_cell(match.iloc[0]) if len(match) else "")
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    parts.append(audit_markdown(deck, metrics_dir))
+    return "\n".join(parts)
+
+
+def _value(deck: pd.DataFrame, protocol: str, kind: str, task: str) -> pd.Series | None:
+    match = deck[(deck.protocol == protocol) & (deck.model.map(_kind) == kind)
+                 & (deck.task == task)]
+    return match.iloc[0] if len(match) else None
+
+
+TEST_IMAGES = {"even": 4926, "odd": 5074}  # official test images of each parity
+DECK_NETWORK = {"even": 98.56, "odd": 98.34}  # the deck's network, trained on the parity
+
+
+def _implied_target_accuracy(mixed: float, source: str, target: str) -> float:
+    """The target-only accuracy a mixed count implies, given the deck's source network:
+    mixed * 10 000 = source accuracy * source test images + target accuracy * target images."""
+    correct_source = DECK_NETWORK[source] / 100 * TEST_IMAGES[source]
+    return 100 * (mixed / 100 * 10_000 - correct_source) / TEST_IMAGES[target]
+
+
+def audit_markdown(deck: pd.DataFrame, metrics_dir: Path) -> str:
+    """What matches the deck, what does not, and why, written from the numbers."""
+    lines = ["### Audit of the deck\n"]
+    for kind, title in (("Softmax regression", "softmax regression"),
+                        ("Neural network", "neural network")):
+        for task in ("even", "odd"):
+            row = _value(deck, "faithful", kind, task)
+            if row is None:
+                continue
+            diff = row["mean"] - row["reference"]
+            verdict = ("within ±0.3 points: reproduced" if abs(diff) <= 0.3
+                       else "outside ±0.3 points")
+            lines.append(f"- Faithful protocol, {title}, {TASK_TITLES[task]}: "
+                         f"{row['mean']:.2f} % against the deck's {row['reference']:.2f} % "
+                         f"({diff:+.2f}), {verdict}; "
+                         f"95 % CI [{row['ci95_low']:.2f}, {row['ci95_high']:.2f}].")
+    mixed_kind = "Transfer learning (kept head), the deck's mixed count"
+    for task in ("even", "odd"):
+        target = _value(deck, "faithful", "Transfer learning (kept head)", task)
+        mixed = _value(deck, "faithful", mixed_kind, task)
+        direct = _value(deck, "faithful", "Neural network", task)
+        if target is None or mixed is None:
+            continue
+        source = "odd" if task == "even" else "even"
+        implied = _implied_target_accuracy(mixed["reference"], source, task)
+        lines.append(
+            f"- Transfer {source}→{task} (the deck's {TASK_TITLES[task]} column, "
+            f"{mixed['reference']:.2f} %): target-only accuracy is {target['mean']:.2f} %, "
+            f"{'below' if direct is not None and target['mean'] < direct['mean'] else 'above'} "
+            f"the network trained on {TASK_TITLES[task]} directly"
+            + (f" ({direct['mean']:.2f} %)" if direct is not None else "")
+            + f". Counted the deck's way — correct source test images before transfer plus "
+            f"correct target test images after, over all 10 000 — it is {mixed['mean']:.2f} % "
+            f"({mixed['mean'] - mixed['reference']:+.2f} from the deck). Taking the deck's own "
+            f"network on {TASK_TITLES[source]} ({DECK_NETWORK[source]:.2f} %) out of its mixed "
+            f"number leaves an implied target-only accuracy of {implied:.2f} %, "
+            f"{target['mean'] - implied:+.2f} from ours."
+        )
+    lines.append(
+        "- Why the deck's transfer numbers are mixed: its test routine never reset its "
+        "counters between the source evaluation and the target evaluation, and divided by "
+        "10 000 (both parities' test images). 98.06 % is exactly 9 806 / 10 000; no "
+        "target-only accuracy on the 5 074 odd test images can print as 98.06 "
+        "(4 975 / 5 074 = 98.05 %, 4 976 / 5 074 = 98.07 %). The deck's conclusion that "
+        "transfer nearly matches direct training rests on that bug."
+    )
+    mcnemar_file = metrics_dir / "transfer.json"
+    if mcnemar_file.exists():
+        tests = read_json(mcnemar_file).get("mcnemar", [])
+        if tests:
+            lines += ["", "### Transfer against the network trained on the target directly\n",
+                      "McNemar's exact test on the target's test images, per seed "
+                      "(transfer-only correct vs direct-only correct).\n",
+                      "| protocol | transfer | transfer better in | p < 0.05 in | median p |",
+                      "|---|---|---|---|---|"]
+            for t in tests:
+                n = len(t["per_seed"])
+                protocol = "faithful" if "_faithful_" in t["transfer"] else "corrected"
+                lines.append(f"| {protocol} | {_run_title(t['transfer'])} "
+                             f"| {t['transfer_better_seeds']}"
+                             f" / {n} seeds | {t['significant_seeds_p05']} / {n} seeds "
+                             f"| {t['median_p_value']:.2g} |")
+    return "\n".join(lines) + "\n"
+
+
 def data_markdown(data: dict) -> str:
     stats = data["pixel_stats"]
     lines = [
@@ -108,9 +250,10 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
         "Generated by `dvc repro` (stage `report`) from `reports/metrics/*.json`; "
         "do not edit by hand. Accuracies are percentages on the official test images "
         "of each task.\n",
-        "## Model results\n",
-        results_markdown(table),
     ]
+    deck_section = slide_deck_markdown(table, metrics_dir)
+    sections += [deck_section] if deck_section else []
+    sections += ["## All result rows\n", results_markdown(table)]
     data_file = metrics_dir / "data.json"
     if data_file.exists():
         sections += ["## Data\n", data_markdown(read_json(data_file))]

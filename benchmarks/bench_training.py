@@ -1,0 +1,158 @@
+"""Training speed: our trainer against the tutorial loop, scikit-learn and the compute floor.
+
+    make bench            # or: uv run python benchmarks/bench_training.py
+
+All on the same machine, in one run, on identical work: the slide deck's
+network (784-500-10) and softmax regression on MNIST-Even, SGD (lr 0.001,
+momentum 0.9), batch 64.
+
+1. our trainer (`mnist_tl.modeling.train.fit`), 5 seeds batched and 1 seed;
+2. the tutorial loop: torchvision's `MNIST` with `ToTensor()`, a `DataLoader`
+   with batch 64, one model;
+3. scikit-learn's `LogisticRegression` for the softmax baseline (time to fit);
+4. the compute floor: FLOPs of one epoch (torch.utils.flop_counter) divided by
+   the matrix-multiply throughput measured here, now.
+
+Prints the ratios and writes them to reports/benchmark.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnist_tl import config, dataset
+from mnist_tl.io import write_json
+from mnist_tl.modeling.models import build_model
+from mnist_tl.modeling.train import TrainConfig, fit
+from mnist_tl.provenance import environment
+
+BATCH = 64
+
+
+def seconds(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def ours_per_model_epoch(model_name: str, x, y, n_seeds: int, epochs: int) -> float:
+    """Seconds per epoch per model, training ``n_seeds`` models at once."""
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH)
+    fit([build_model(model_name, seed=0)], x[:256], y[:256], TrainConfig(epochs=1), [0],
+        progress=False)  # warm-up
+    models = [build_model(model_name, seed=s) for s in range(n_seeds)]
+    wall = seconds(lambda: fit(models, x, y, cfg, list(range(n_seeds)), progress=False))
+    return wall / epochs / n_seeds
+
+
+def tutorial_epoch(model_name: str, raw_dir: Path, max_batches: int) -> float:
+    """Seconds per epoch of the common tutorial loop (extrapolated from max_batches)."""
+    from torchvision import datasets, transforms
+
+    with tempfile.TemporaryDirectory() as root:
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        for name in dataset.MNIST.sha256:
+            (Path(root) / "MNIST" / "raw" / name).symlink_to(raw_dir / name)
+        full = datasets.MNIST(root, train=True, download=False, transform=transforms.ToTensor())
+        even = torch.nonzero(full.targets % 2 == 0).flatten().tolist()
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(full, even),
+                                             batch_size=BATCH, shuffle=True)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), build_model(model_name))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+        batches = 0
+        start = time.perf_counter()
+        for images, labels in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+            batches += 1
+            if batches == max_batches:
+                break
+        wall = time.perf_counter() - start
+        return wall / batches * len(loader)
+
+
+def epoch_flops(model_name: str, n: int) -> int:
+    model = build_model(model_name)
+    x, y = torch.rand(BATCH, 784), torch.randint(0, 10, (BATCH,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() * n // BATCH
+
+
+def matmul_gflops() -> float:
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    wall = seconds(lambda: [a @ b for _ in range(10)], repeat=3)
+    return 2 * 2048**3 * 10 / wall / 1e9
+
+
+def sklearn_softmax(x, y, x_test, y_test) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=200)
+    wall = seconds(lambda: clf.fit(x.numpy(), y.numpy()))
+    return wall, 100 * clf.score(x_test.numpy(), y_test.numpy())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=2, help="epochs timed for our trainer")
+    parser.add_argument("--tutorial-batches", type=int, default=150,
+                        help="batches timed for the tutorial loop (then extrapolated)")
+    parser.add_argument("--out", type=Path, default=config.REPORTS_DIR / "benchmark.json")
+    args = parser.parse_args(argv)
+
+    data = dataset.load_task("even", val_fraction=0)
+    x, y = dataset.flatten(data.x_train), data.y_train
+    throughput = matmul_gflops()
+    results = {"task": "even", "n_train": len(y), "batch_size": BATCH,
+               "matmul_gflops": round(throughput, 1), "models": {}}
+    for name in ("mlp", "softmax"):
+        flops = epoch_flops(name, len(y))
+        floor = flops / (throughput * 1e9)
+        ours5 = ours_per_model_epoch(name, x, y, n_seeds=5, epochs=args.epochs)
+        ours1 = ours_per_model_epoch(name, x, y, n_seeds=1, epochs=args.epochs)
+        tutorial = tutorial_epoch(name, config.RAW_DIR, args.tutorial_batches)
+        row = {
+            "epoch_gflop": round(flops / 1e9, 2),
+            "floor_s_per_epoch": round(floor, 3),
+            "ours_5_seeds_s_per_model_epoch": round(ours5, 3),
+            "ours_1_seed_s_per_epoch": round(ours1, 3),
+            "tutorial_s_per_epoch": round(tutorial, 3),
+            "speedup_vs_tutorial": round(tutorial / ours5, 1),
+            "ours_vs_floor": round(ours5 / floor, 2),
+        }
+        if name == "softmax":
+            wall, accuracy = sklearn_softmax(x, y, dataset.flatten(data.x_test), data.y_test)
+            row |= {"sklearn_logreg_fit_s": round(wall, 2),
+                    "sklearn_logreg_test_accuracy": round(accuracy, 2)}
+        results["models"][name] = row
+        print(f"{name:8s} ours {ours5:.3f} s/epoch per model (5 seeds batched), "
+              f"{ours1:.3f} (1 seed) | tutorial {tutorial:.3f} s/epoch "
+              f"-> {row['speedup_vs_tutorial']}x faster | floor {floor:.3f} s "
+              f"({flops / 1e9:.1f} GFLOP at {throughput:.0f} GFLOP/s) -> "
+              f"{row['ours_vs_floor']}x the floor", flush=True)
+    if "sklearn_logreg_fit_s" in results["models"]["softmax"]:
+        r = results["models"]["softmax"]
+        print(f"sklearn LogisticRegression: {r['sklearn_logreg_fit_s']} s to fit, "
+              f"test accuracy {r['sklearn_logreg_test_accuracy']} %")
+    results["environment"] = environment()
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
