@@ -73,6 +73,8 @@ def test_saved_runs_load_back_identically(tmp_path, tiny_arrays, config):
     assert [p.name for p in paths] == ["mlp_corrected_even_seed0.pt", "mlp_corrected_even_seed1.pt"]
     loaded = slide_deck.load_run("mlp", "even", "corrected", config, tmp_path, arrays=tiny_arrays)
     assert torch.equal(loaded.predictions, run.predictions)
+    assert loaded.train_seconds == run.train_seconds > 0
+    assert loaded.summary()["train_seconds"] == round(run.train_seconds, 1)
     assert [h.to_dict() for h in loaded.histories] == [h.to_dict() for h in run.histories]
     with pytest.raises(FileNotFoundError, match="dvc repro mlp"):
         slide_deck.load_run("mlp", "odd", "corrected", config, tmp_path, arrays=tiny_arrays)

@@ -239,6 +239,33 @@ def runtime_markdown(runtime_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_time_markdown(metrics_dir: Path) -> str:
+    """Training wall time of the slide-deck study per protocol and model (all seeds)."""
+    seconds: dict[str, dict[str, float]] = {}
+    for name, column in (("softmax", "softmax regression"), ("mlp", "neural network"),
+                         ("transfer", "transfer")):
+        path = metrics_dir / f"{name}.json"
+        if not path.exists():
+            continue
+        for run in read_json(path).get("runs", {}).values():
+            if "train_seconds" in run:
+                per = seconds.setdefault(run["protocol"], {})
+                per[column] = per.get(column, 0.0) + run["train_seconds"]
+    if not seconds:
+        return ""
+    columns = ["softmax regression", "neural network", "transfer"]
+    lines = ["Training wall time of the slide-deck study, all seeds together (s); notebook "
+             "start-up, data loading, evaluation and figures excluded.\n",
+             "| protocol | " + " | ".join(columns) + " | total |",
+             "|---|" + "---|" * (len(columns) + 1)]
+    for protocol, per in seconds.items():
+        cells = [f"{per.get(c, 0):.0f}" for c in columns]
+        total = sum(per.values())
+        lines.append(f"| {protocol} | " + " | ".join(cells)
+                     + f" | {total:.0f} ({total / 60:.1f} min) |")
+    return "\n".join(lines) + "\n"
+
+
 def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
     metrics_dir = reports_dir / "metrics"
     table = collect_results(metrics_dir)
@@ -259,6 +286,8 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
         sections += ["## Data\n", data_markdown(read_json(data_file))]
     sections += ["## Runtime (last `dvc repro` of each stage)\n",
                  runtime_markdown(reports_dir / "runtime")]
+    training_time = training_time_markdown(metrics_dir)
+    sections += [training_time] if training_time else []
     md_path = reports_dir / "results.md"
     write_text(md_path, "\n".join(sections))
     return csv_path, md_path

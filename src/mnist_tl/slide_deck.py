@@ -16,6 +16,7 @@ head for transfer (the kept head as a second variant).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ class Run:
     y_test: torch.Tensor  # digits
     predictions: torch.Tensor  # (S, N_test) predicted digits
     source_task: str | None = None
+    train_seconds: float = 0.0  # wall time of training all seeds (features included)
     metrics: list[dict] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +160,7 @@ class Run:
         return {
             "model": self.model, "protocol": self.protocol, "task": self.task,
             "source_task": self.source_task, "seeds": list(self.seeds),
+            "train_seconds": round(self.train_seconds, 1),
             "accuracy": evaluate.summarize(self.accuracies),
             "per_seed": [
                 {"seed": s, "accuracy": m["accuracy"], "correct": m["correct"], "n": m["n"],
@@ -217,14 +220,16 @@ def train_baseline(model: str, task: str, protocol: str, config: StudyConfig, *,
     proto = get_protocol(protocol)
     splits = task_splits(task, proto, config, arrays)
     models = [build_model(model, 10, hidden=(500,), seed=s) for s in config.seeds]
+    start = time.perf_counter()
     histories = fit(
         models, splits.x_train, splits.y_train, config.train_config(proto), config.seeds,
         x_eval=splits.x_eval, y_eval=splits.y_eval, eval_split=splits.eval_split,
         device=config.device, progress=progress, desc=f"{model} {protocol} {task}",
     )
+    seconds = time.perf_counter() - start
     models = [m.cpu() for m in models]
     return Run(model, protocol, task, config.seeds, models, histories, splits.y_test,
-               _predictions(models, splits.x_test))
+               _predictions(models, splits.x_test), train_seconds=seconds)
 
 
 def train_transfer(source: Run, head: str, config: StudyConfig, *,
@@ -235,15 +240,18 @@ def train_transfer(source: Run, head: str, config: StudyConfig, *,
     splits = task_splits(target, proto, config, arrays)
     models = [transfer_model(m, head=head, seed=s) for m, s in zip(source.models, config.seeds,
                                                                   strict=True)]
+    start = time.perf_counter()
     histories = fit_frozen_features(
         models, splits.x_train, splits.y_train, config.transfer_config(proto), config.seeds,
         x_eval=splits.x_eval, y_eval=splits.y_eval, eval_split=splits.eval_split,
         device=config.device, progress=progress,
         desc=f"transfer-{head} {source.protocol} {source.task}->{target}",
     )
+    seconds = time.perf_counter() - start
     models = [m.cpu() for m in models]
     return Run(f"transfer-{head}", source.protocol, target, config.seeds, models, histories,
-               splits.y_test, _predictions(models, splits.x_test), source_task=source.task)
+               splits.y_test, _predictions(models, splits.x_test), source_task=source.task,
+               train_seconds=seconds)
 
 
 # ----------------------------------------------------------------------- checkpoints
@@ -257,7 +265,7 @@ def save_run(run: Run, models_dir: Path) -> list[Path]:
     return [
         save_checkpoint(m, checkpoint_path(models_dir, run.model, run.protocol, run.task, s),
                         model=run.model, protocol=run.protocol, task=run.task, seed=s,
-                        history=h.to_dict())
+                        history=h.to_dict(), train_seconds=run.train_seconds)
         for m, s, h in zip(run.models, run.seeds, run.histories, strict=True)
     ]
 
@@ -266,7 +274,7 @@ def load_run(model: str, task: str, protocol: str, config: StudyConfig, models_d
              arrays: dataset.Arrays | None = None) -> Run:
     """A :class:`Run` rebuilt from the checkpoints :func:`save_run` wrote."""
     proto = get_protocol(protocol)
-    models, histories = [], []
+    models, histories, seconds = [], [], 0.0
     for seed in config.seeds:
         path = checkpoint_path(models_dir, model, protocol, task, seed)
         if not path.exists():
@@ -276,13 +284,14 @@ def load_run(model: str, task: str, protocol: str, config: StudyConfig, models_d
             )
         net = build_model(model, 10, hidden=(500,))
         meta = load_checkpoint(path, net)["meta"]
+        seconds = meta.get("train_seconds", 0.0)
         history = meta["history"]
         history.pop("epochs_run", None)
         models.append(net)
         histories.append(History(**history))
     splits = task_splits(task, proto, config, arrays)
     return Run(model, protocol, task, config.seeds, models, histories, splits.y_test,
-               _predictions(models, splits.x_test))
+               _predictions(models, splits.x_test), train_seconds=seconds)
 
 
 # --------------------------------------------------------------------- result rows
