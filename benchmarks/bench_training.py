@@ -13,7 +13,7 @@ momentum 0.9), batch 64.
 4. the compute floor: FLOPs of one epoch (torch.utils.flop_counter) divided by
    the matrix-multiply throughput measured here, now.
 
-Prints the ratios and writes them to reports/benchmark.json.
+Prints the ratios and writes them to build/benchmark.json.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed for our trainer")
     parser.add_argument("--tutorial-batches", type=int, default=150,
                         help="batches timed for the tutorial loop (then extrapolated)")
-    parser.add_argument("--out", type=Path, default=config.REPORTS_DIR / "benchmark.json")
+    parser.add_argument("--out", type=Path,
+                        default=config.PROJECT_ROOT / "build" / "benchmark.json")
     args = parser.parse_args(argv)
 
     data = dataset.load_task("even", val_fraction=0)
