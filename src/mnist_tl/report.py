@@ -24,12 +24,12 @@ import pandas as pd
 
 from mnist_tl import config
 from mnist_tl.io import read_json, write_text
+from mnist_tl.slide_deck import DECK_ACCURACY, TASK_TITLES
 
 RESULT_COLUMNS = [
     "study", "protocol", "model", "task", "metric", "mean", "std", "ci95_low", "ci95_high",
     "n_seeds", "reference", "reference_source",
 ]
-TASK_TITLES = {"even": "MNIST-Even", "odd": "MNIST-Odd", "full": "MNIST (10 classes)"}
 
 
 def collect_results(metrics_dir: Path) -> pd.DataFrame:
@@ -133,7 +133,7 @@ def _value(deck: pd.DataFrame, protocol: str, kind: str, task: str) -> pd.Series
 
 
 TEST_IMAGES = {"even": 4926, "odd": 5074}  # official test images of each parity
-DECK_NETWORK = {"even": 98.56, "odd": 98.34}  # the deck's network, trained on the parity
+DECK_NETWORK = {task: DECK_ACCURACY[("mlp", task)] for task in TEST_IMAGES}
 
 
 def _implied_target_accuracy(mixed: float, source: str, target: str) -> float:
