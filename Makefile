@@ -20,7 +20,16 @@ export MNIST_MIRROR := $(SHARED_MNIST)
 endif
 endif
 
-.PHONY: help setup reproduce test lab bench lock notebooks-refresh
+# Fashion-MNIST (notebook 05) likewise: a mirror named by FASHION_MNIST_MIRROR, else
+# the folder of Debian's package dataset-fashion-mnist when it is installed.
+DEBIAN_FASHION_MNIST := /usr/share/datasets/fashion-mnist
+ifeq ($(FASHION_MNIST_MIRROR),)
+ifneq ($(wildcard $(DEBIAN_FASHION_MNIST)/train-images-idx3-ubyte.gz),)
+export FASHION_MNIST_MIRROR := $(DEBIAN_FASHION_MNIST)
+endif
+endif
+
+.PHONY: help setup reproduce test lab bench lock notebooks-refresh fashion-mnist-mirror
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -46,6 +55,9 @@ lab: setup  ## open the notebooks in JupyterLab with the project's environment
 
 bench: setup  ## training speed: our trainer vs the tutorial loop, scikit-learn, the compute floor
 	$(RUN) python benchmarks/bench_training.py
+
+fashion-mnist-mirror:  ## offline Debian/Ubuntu: install Fashion-MNIST from the package dataset-fashion-mnist
+	tools/install_fashion_mnist_mirror.sh
 
 lock:  ## after editing dependencies: update uv.lock and the pip lock conda users install
 	$(UV) lock

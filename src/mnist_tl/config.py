@@ -27,6 +27,8 @@ PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 DATA_DIR = PROJECT_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
 PROCESSED_DIR = DATA_DIR / "processed"
+EXTERNAL_DIR = DATA_DIR / "external"  # other data sets (Fashion-MNIST)
+FEATURES_DIR = DATA_DIR / "features"  # frozen bases' features, cached by key
 MODELS_DIR = PROJECT_ROOT / "models"
 
 REPORTS_DIR = PROJECT_ROOT / "reports"
