@@ -88,3 +88,53 @@ def test_implied_target_accuracy_inverts_the_decks_count():
     implied = report._implied_target_accuracy(98.06, "even", "odd")
     assert implied == pytest.approx((9806 - 0.9856 * 4926) / 5074 * 100)
     assert round(implied, 2) == 97.57
+
+
+def _assignment(**kw):
+    return _row(study="assignment", protocol="frozen base + head", task="full",
+                model="ResNet-18, random weights, frozen + head, 32 px", mean=95.0,
+                reference=98.9, reference_source="assignment", note=None) | kw
+
+
+def test_assignment_section_shows_numbers_and_not_run_rows_with_the_reason(tmp_path):
+    rows = [
+        _assignment(),
+        _assignment(model="ResNet-18, ImageNet weights, frozen + head, 32 px", mean=None,
+                    std=None, ci95_low=None, ci95_high=None, n_seeds=0,
+                    note="not run: weights are not in the torch hub cache"),
+        _assignment(protocol="digit split", task="odd", reference=None,
+                    model="ResNet-18, pretrained on MNIST-Even, frozen + head, 32 px (even→odd)"),
+    ]
+    io.write_json(tmp_path / "metrics" / "pretrained.json", {"results": rows, "runs": {
+        "random_32px_full": {"model": rows[0]["model"], "train_seconds": 12.5, "features": {
+            "train": {"seconds": 30.0, "computed": True},
+            "val": {"seconds": 0.1, "computed": False}}}}})
+    io.write_json(tmp_path / "metrics" / "mlp.json", {"results": [
+        _row(protocol="corrected", model="Neural network", task="full", mean=97.7,
+             reference=None)]})
+    _, md_path = report.build_report(tmp_path)
+    text = md_path.read_text()
+    assert "| ResNet-18, random weights, frozen + head, 32 px | 95.00 ± 0.10 | 5 | 98.9 | -3.90 |" \
+        in text
+    assert "| ResNet-18, ImageNet weights, frozen + head, 32 px | not run | 0 | 98.9 |  |" in text
+    assert "**Not run:** weights are not in the torch hub cache" in text
+    assert "| Neural network (slide-deck study) | 97.70 ± 0.10 |" in text
+    assert "(even→odd) | 95.00 ± 0.10 | 5 |" in text
+    assert "| 30.0 / 0.1 (cached) | 12.5 |" in text
+    assert "not run (see below)" in text  # the generic table too
+
+
+def test_speed_targets_are_checked_against_the_numbers(tmp_path):
+    benchmark = {"task": "even", "n_train": 100, "batch_size": 64, "matmul_gflops": 150.0,
+                 "environment": {"torch": "2.x", "torch_threads": 2}, "models": {"mlp": {
+                     "ours_5_seeds_s_per_model_epoch": 0.6, "ours_1_seed_s_per_epoch": 1.0,
+                     "tutorial_s_per_epoch": 3.0, "speedup_vs_tutorial": 5.0,
+                     "floor_s_per_epoch": 0.32, "epoch_gflop": 47.0, "ours_vs_floor": 1.9}}}
+    io.write_json(tmp_path / "runtime" / "03_mlp.json", {"notebook": "03_mlp", "peak_rss_mb": 2100})
+    text = report.targets_markdown(benchmark, 7.5 * 60, tmp_path / "runtime")
+    assert "trains in 7.5 min (target ≤ 8 min): met" in text
+    assert "5.0× the tutorial loop (target ≥ 15×): **not met**" in text
+    assert "1.9× the compute floor (target ≤ 2×): met" in text
+    assert "at most 2100 MB (03_mlp; target ≤ 2048 MB): **not met**" in text
+    assert "| mlp | 0.6 | 1.0 | 3.0 | 5.0× faster | 0.32 (47.0 GFLOP) | 1.9× |" in \
+        report.benchmark_markdown(benchmark)
