@@ -288,3 +288,23 @@ def test_pretraining_keeps_the_best_epoch_and_end_to_end_makes_rows():
     assert scratch.predictions.shape == (1, 20)
     row = study.result_row(scratch)
     assert row["protocol"] == "end to end" and row["reference"] == study.ASSIGNMENT_ACCURACY
+
+
+def test_conclusions_are_written_from_the_numbers_and_weigh_the_spread():
+    config = study.StudyConfig.from_counts(3, 0, **TINY)
+    fashion, random = study.random_base(config), study.random_base(config)
+    fashion.name, fashion.source_accuracy = "fashion", 88.0
+    y = torch.zeros(100, dtype=torch.long)
+
+    def run(base, correct_per_seed):
+        predictions = torch.stack([(torch.arange(100) >= c).long() for c in correct_per_seed])
+        return study.HeadRun(base, f"{base.name} run", 32, "full", (0, 1, 2), [], tuple(range(10)),
+                             y, predictions, 1.0)
+
+    text = study.conclusions([run(fashion, [95, 96, 97]), run(random, [94, 96, 98])], None, [],
+                             {"fashion": fashion, "random": random}, None).data
+    assert "adds 0.00 points" in text and "within the seeds' spread" in text
+    text = study.conclusions([run(fashion, [99, 99, 99]), run(random, [90, 91, 92])], None, [],
+                             {"fashion": fashion, "random": random}, None).data
+    assert "adds 8.00 points over the random base: 99.00 % against 91.00 %." in text
+    assert "Best frozen base + head: fashion run, 99.00 % (+0.10 points" in text

@@ -563,12 +563,18 @@ def conclusions(runs: Sequence[HeadRun], scratch: HeadRun | None, transfers: Seq
     for size in sorted({r.input_size for r in full}):
         by_base = {r.base.name: r for r in full if r.input_size == size}
         if "fashion" in by_base and "random" in by_base:
-            gain = _mean(by_base["fashion"]) - _mean(by_base["random"])
+            fashion, random = by_base["fashion"], by_base["random"]
+            gain = _mean(fashion) - _mean(random)
+            spread = max(np.std(fashion.accuracies, ddof=1) if len(fashion.seeds) > 1 else 0,
+                         np.std(random.accuracies, ddof=1) if len(random.seeds) > 1 else 0)
+            verdict = (" — within the seeds' spread (std up to "
+                       f"{spread:.2f}), so no measurable difference" if abs(gain) <= spread
+                       else "")
             lines.append(f"- At {size} px, pretraining on Fashion-MNIST "
                          f"({bases['fashion'].source_accuracy:.2f} % on its own test set) "
                          f"{'adds' if gain >= 0 else 'costs'} {abs(gain):.2f} points over the "
-                         f"random base: {_mean(by_base['fashion']):.2f} % against "
-                         f"{_mean(by_base['random']):.2f} %.")
+                         f"random base: {_mean(fashion):.2f} % against {_mean(random):.2f} %"
+                         f"{verdict}.")
         if "imagenet" in by_base:
             lines.append(f"- At {size} px the ImageNet base gives "
                          f"{_mean(by_base['imagenet']):.2f} %.")
