@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mnist_tl.modeling.models import MLP, build_model, frozen_parameter_names, transfer_model
 from mnist_tl.modeling.train import (
     TrainConfig,
+    _Stacked,
     fit,
     fit_frozen_features,
     load_checkpoint,
@@ -47,7 +48,9 @@ def test_training_drives_loss_down_and_beats_chance():
 
 
 def reference_loop(model, x, y, config: TrainConfig, seed: int):
-    """The textbook loop (nn.Module, torch.optim, mini-batches), same shuffling."""
+    """The textbook loop (nn.Module, torch.optim, mini-batches), same shuffling
+    (and, as :func:`fit` seeds it, the same global generator for dropout)."""
+    torch.manual_seed(seed)
     optimizer = (torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
                  if config.optimizer == "sgd"
                  else torch.optim.Adam(model.parameters(), lr=config.lr))
@@ -86,6 +89,70 @@ def test_seed_batched_training_equals_training_each_seed_alone(optimizer):
         atol = 1e-5 if optimizer == "sgd" else 1e-4
         for key, value in textbook.state_dict().items():
             torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=atol)
+
+
+def models_for_backward(kind: str, seed: int):
+    if kind == "softmax":
+        return build_model("softmax", seed=seed)
+    if kind == "dropout":
+        return build_model("mlp", hidden=(48, 24), dropout=0.3, seed=seed)
+    model = transfer_model(mlp(seed, hidden=(40, 20)), head="keep")  # first two layers frozen
+    return model
+
+
+@pytest.mark.parametrize("kind", ["softmax", "dropout", "frozen"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_written_out_backward_equals_autograd(kind, precision):
+    """fit's hand-written gradients against autograd through the same forward pass."""
+    x, y = blobs(3 * 40)
+    xb, yb = x.view(3, 40, 784), y.view(3, 40)
+    net = _Stacked([models_for_backward(kind, s) for s in (0, 1, 2)], torch.device("cpu"),
+                   precision)
+    torch.manual_seed(9)
+    loss = net.loss_and_gradients(xb, yb)
+    ours = [t.grad.clone() for t in net.trainable]
+    for t in net.trainable:
+        t.grad = None
+        t.requires_grad_(True)
+    torch.manual_seed(9)  # the same dropout masks
+    logits = net(xb, per_model=True)
+    expected = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
+                               reduction="none").view(3, -1).mean(1)
+    expected.sum().backward()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-6, atol=1e-6)
+    assert len(ours) == (2 if kind in ("softmax", "frozen") else 6)
+    for grad, t in zip(ours, net.trainable, strict=True):
+        assert grad.dtype == torch.float32 and grad.shape == t.shape
+        torch.testing.assert_close(grad, t.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_training_equals_the_textbook_loop():
+    x, y = blobs(300)
+    config = TrainConfig(optimizer="adam", epochs=2, batch_size=32)
+    ours = build_model("mlp", hidden=(32,), dropout=0.5, seed=4)
+    textbook = build_model("mlp", hidden=(32,), dropout=0.5, seed=4)
+    (history,) = fit([ours], x, y, config, [4], progress=False)
+    losses = reference_loop(textbook, x, y, config, 4)
+    assert losses == pytest.approx(history.train_loss, rel=1e-5)
+    for key, value in textbook.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_is_an_opt_in_close_to_fp32():
+    x, y = blobs(600)
+    xv, yv = blobs(300, seed=1)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = mlp(0)
+        (history,) = fit([model], x, y, TrainConfig(lr=0.02, epochs=6, precision=precision),
+                         [0], x_eval=xv, y_eval=yv, progress=False)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[precision] = history
+    assert TrainConfig().precision == "fp32"
+    assert runs["bf16"].train_loss != runs["fp32"].train_loss  # it does round the products
+    assert runs["bf16"].train_loss == pytest.approx(runs["fp32"].train_loss, rel=0.05)
+    assert runs["bf16"].eval_accuracy[-1] == pytest.approx(runs["fp32"].eval_accuracy[-1],
+                                                           abs=0.03)
 
 
 def test_same_seed_same_history_different_seed_different():
@@ -185,6 +252,7 @@ def test_default_initialisation_is_pytorchs():
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"patience": 1.5}, "patience must be a positive integer"),
     ({"momentum": 1.0}, "momentum must be in"),
+    ({"precision": "fp16"}, r"Unknown precision 'fp16'.*bf16"),
 ])
 def test_bad_training_settings_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
