@@ -6,12 +6,17 @@ All on the same machine, in one run, on identical work: the slide deck's
 network (784-500-10) and softmax regression on MNIST-Even, SGD (lr 0.001,
 momentum 0.9), batch 64.
 
-1. our trainer (`mnist_tl.modeling.train.fit`), 5 seeds batched and 1 seed;
+1. our trainer (`mnist_tl.modeling.train.fit`), 5 seeds batched and 1 seed,
+   in float32 and with the opt-in bfloat16 products;
 2. the tutorial loop: torchvision's `MNIST` with `ToTensor()`, a `DataLoader`
    with batch 64, one model;
 3. scikit-learn's `LogisticRegression` for the softmax baseline (time to fit);
 4. the compute floor: FLOPs of one epoch (torch.utils.flop_counter) divided by
-   the matrix-multiply throughput measured here, now.
+   the matrix-multiply throughput measured here, now (float32, and bfloat16
+   for the bfloat16 runs); and the memory bandwidth, which bounds the
+   optimizer's passes over the weights;
+5. bfloat16's accuracy effect: the network, 5 seeds, a few epochs in each
+   precision from the same initialisations, test accuracy side by side.
 
 Prints the ratios and writes them to build/benchmark.json.
 """
@@ -46,9 +51,10 @@ def seconds(fn, repeat: int = 1) -> float:
     return best
 
 
-def ours_per_model_epoch(model_name: str, x, y, n_seeds: int, epochs: int) -> float:
+def ours_per_model_epoch(model_name: str, x, y, n_seeds: int, epochs: int,
+                         precision: str = "fp32") -> float:
     """Seconds per epoch per model, training ``n_seeds`` models at once."""
-    cfg = TrainConfig(epochs=epochs, batch_size=BATCH)
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, precision=precision)
     fit([build_model(model_name, seed=0)], x[:256], y[:256], TrainConfig(epochs=1), [0],
         progress=False)  # warm-up
     models = [build_model(model_name, seed=s) for s in range(n_seeds)]
@@ -92,11 +98,41 @@ def epoch_flops(model_name: str, n: int) -> int:
     return counter.get_total_flops() * n // BATCH
 
 
-def matmul_gflops() -> float:
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.rand(2048, 2048).to(dtype), torch.rand(2048, 2048).to(dtype)
     a @ b
     wall = seconds(lambda: [a @ b for _ in range(10)], repeat=3)
     return 2 * 2048**3 * 10 / wall / 1e9
+
+
+def copy_gbs(megabytes: int = 256) -> float:
+    """Memory bandwidth: bytes read plus written per second by a large copy."""
+    a = torch.rand(megabytes * 2**18)
+    b = torch.empty_like(a)
+    wall = seconds(lambda: b.copy_(a), repeat=5)
+    return 2 * a.numel() * 4 / wall / 1e9
+
+
+def bf16_accuracy_effect(data, epochs: int, n_seeds: int = 5) -> dict:
+    """The network trained from the same initialisations and shuffles in both precisions."""
+    from mnist_tl import evaluate
+
+    x, y = dataset.flatten(data.x_train), data.y_train
+    x_test, y_test = dataset.flatten(data.x_test), data.y_test
+    out = {"epochs": epochs, "n_seeds": n_seeds}
+    for precision in ("fp32", "bf16"):
+        models = [build_model("mlp", seed=s) for s in range(n_seeds)]
+        cfg = TrainConfig(epochs=epochs, batch_size=BATCH, precision=precision)
+        wall = seconds(lambda m=models, c=cfg: fit(m, x, y, c, list(range(n_seeds)),
+                                                    progress=False))
+        accuracy = torch.tensor([100 * (evaluate.predict(m, x_test) == y_test).double().mean()
+                                 for m in models])
+        out[precision] = {"train_s": round(wall, 1), "test_accuracy_mean": round(
+            accuracy.mean().item(), 2), "test_accuracy_std": round(accuracy.std().item(), 2),
+            "test_accuracy": [round(a, 2) for a in accuracy.tolist()]}
+    out["difference_mean"] = round(out["bf16"]["test_accuracy_mean"]
+                                   - out["fp32"]["test_accuracy_mean"], 2)
+    return out
 
 
 def sklearn_softmax(x, y, x_test, y_test) -> tuple[float, float]:
@@ -110,6 +146,8 @@ def sklearn_softmax(x, y, x_test, y_test) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed for our trainer")
+    parser.add_argument("--accuracy-epochs", type=int, default=10,
+                        help="epochs of the bfloat16-against-float32 accuracy comparison")
     parser.add_argument("--tutorial-batches", type=int, default=150,
                         help="batches timed for the tutorial loop (then extrapolated)")
     parser.add_argument("--out", type=Path,
@@ -118,14 +156,18 @@ def main(argv: list[str] | None = None) -> None:
 
     data = dataset.load_task("even", val_fraction=0)
     x, y = dataset.flatten(data.x_train), data.y_train
-    throughput = matmul_gflops()
+    throughput, throughput_bf16 = matmul_gflops(), matmul_gflops(torch.bfloat16)
     results = {"task": "even", "n_train": len(y), "batch_size": BATCH,
-               "matmul_gflops": round(throughput, 1), "models": {}}
+               "matmul_gflops": round(throughput, 1),
+               "matmul_gflops_bf16": round(throughput_bf16, 1),
+               "memory_copy_gbs": round(copy_gbs(), 1), "models": {}}
     for name in ("mlp", "softmax"):
         flops = epoch_flops(name, len(y))
-        floor = flops / (throughput * 1e9)
+        floor, floor_bf16 = flops / (throughput * 1e9), flops / (throughput_bf16 * 1e9)
         ours5 = ours_per_model_epoch(name, x, y, n_seeds=5, epochs=args.epochs)
         ours1 = ours_per_model_epoch(name, x, y, n_seeds=1, epochs=args.epochs)
+        ours5_bf16 = ours_per_model_epoch(name, x, y, n_seeds=5, epochs=args.epochs,
+                                          precision="bf16")
         tutorial = tutorial_epoch(name, config.RAW_DIR, args.tutorial_batches)
         row = {
             "epoch_gflop": round(flops / 1e9, 2),
@@ -135,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
             "tutorial_s_per_epoch": round(tutorial, 3),
             "speedup_vs_tutorial": round(tutorial / ours5, 1),
             "ours_vs_floor": round(ours5 / floor, 2),
+            "bf16_floor_s_per_epoch": round(floor_bf16, 3),
+            "ours_5_seeds_bf16_s_per_model_epoch": round(ours5_bf16, 3),
+            "bf16_speedup_vs_tutorial": round(tutorial / ours5_bf16, 1),
+            "bf16_ours_vs_bf16_floor": round(ours5_bf16 / floor_bf16, 2),
         }
         if name == "softmax":
             wall, accuracy = sklearn_softmax(x, y, dataset.flatten(data.x_test), data.y_test)
@@ -146,10 +192,21 @@ def main(argv: list[str] | None = None) -> None:
               f"-> {row['speedup_vs_tutorial']}x faster | floor {floor:.3f} s "
               f"({flops / 1e9:.1f} GFLOP at {throughput:.0f} GFLOP/s) -> "
               f"{row['ours_vs_floor']}x the floor", flush=True)
+        print(f"{'':8s} bf16 {ours5_bf16:.3f} s/epoch per model -> "
+              f"{row['bf16_speedup_vs_tutorial']}x faster than the tutorial | bf16 floor "
+              f"{floor_bf16:.3f} s ({throughput_bf16:.0f} GFLOP/s) -> "
+              f"{row['bf16_ours_vs_bf16_floor']}x the floor", flush=True)
     if "sklearn_logreg_fit_s" in results["models"]["softmax"]:
         r = results["models"]["softmax"]
         print(f"sklearn LogisticRegression: {r['sklearn_logreg_fit_s']} s to fit, "
               f"test accuracy {r['sklearn_logreg_test_accuracy']} %")
+    effect = bf16_accuracy_effect(data, args.accuracy_epochs)
+    results["bf16_accuracy_effect"] = effect
+    print(f"bf16 accuracy effect (mlp, {effect['n_seeds']} seeds, {effect['epochs']} epochs): "
+          f"fp32 {effect['fp32']['test_accuracy_mean']} %, bf16 "
+          f"{effect['bf16']['test_accuracy_mean']} % ({effect['difference_mean']:+} points); "
+          f"training {effect['fp32']['train_s']} s against {effect['bf16']['train_s']} s")
+    print(f"memory bandwidth (copy): {results['memory_copy_gbs']} GB/s")
     results["environment"] = environment()
     write_json(args.out, results)
     print(f"wrote {args.out}")

@@ -129,12 +129,24 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
                  "environment": {"torch": "2.x", "torch_threads": 2}, "models": {"mlp": {
                      "ours_5_seeds_s_per_model_epoch": 0.6, "ours_1_seed_s_per_epoch": 1.0,
                      "tutorial_s_per_epoch": 3.0, "speedup_vs_tutorial": 5.0,
-                     "floor_s_per_epoch": 0.32, "epoch_gflop": 47.0, "ours_vs_floor": 1.9}}}
+                     "floor_s_per_epoch": 0.32, "epoch_gflop": 47.0, "ours_vs_floor": 1.9,
+                     "ours_5_seeds_bf16_s_per_model_epoch": 0.19, "bf16_speedup_vs_tutorial": 15.8,
+                     "bf16_floor_s_per_epoch": 0.08, "bf16_ours_vs_bf16_floor": 2.38}},
+                 "bf16_accuracy_effect": {"epochs": 10, "n_seeds": 5, "difference_mean": -0.04,
+                                          "fp32": {"test_accuracy_mean": 97.5,
+                                                   "test_accuracy_std": 0.1, "train_s": 40.0},
+                                          "bf16": {"test_accuracy_mean": 97.46,
+                                                   "test_accuracy_std": 0.12, "train_s": 20.0}}}
     io.write_json(tmp_path / "runtime" / "03_mlp.json", {"notebook": "03_mlp", "peak_rss_mb": 2100})
     text = report.targets_markdown(benchmark, 7.5 * 60, tmp_path / "runtime")
     assert "trains in 7.5 min (target ≤ 8 min): met" in text
     assert "5.0× the tutorial loop (target ≥ 15×): **not met**" in text
     assert "1.9× the compute floor (target ≤ 2×): met" in text
     assert "at most 2100 MB (03_mlp; target ≤ 2048 MB): **not met**" in text
-    assert "| mlp | 0.6 | 1.0 | 3.0 | 5.0× faster | 0.32 (47.0 GFLOP) | 1.9× |" in \
-        report.benchmark_markdown(benchmark)
+    assert "mlp with bf16 (opt-in): 15.8× the tutorial loop: met; 2.38× the bf16 compute " \
+        "floor: **not met**" in text
+    table = report.benchmark_markdown(benchmark)
+    assert "| mlp | 0.6 | 1.0 | 3.0 | 5.0× faster | 0.32 (47.0 GFLOP) | 1.9× |" in table
+    assert "| mlp, bf16 (opt-in) | 0.19 | — | 3.0 | 15.8× faster | 0.08 (bf16 throughput) " \
+        "| 2.38× |" in table
+    assert "97.5 ± 0.1 % in float32, 97.46 ± 0.12 % in bfloat16 (-0.04 points)" in table

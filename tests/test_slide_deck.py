@@ -88,6 +88,7 @@ def test_saved_runs_load_back_identically(tmp_path, tiny_arrays, config):
     ({"transfer_lr": -1.0}, "lr must be a positive number"),
     ({"val_fraction": 0.0}, "needs val_fraction > 0"),
     ({"train_subset": -5}, "train_subset must be >= 0"),
+    ({"precision": "half"}, "Unknown precision 'half'"),
 ])
 def test_bad_study_settings_fail_before_training(kwargs, message):
     with pytest.raises(ValueError, match=message):

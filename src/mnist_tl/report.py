@@ -353,7 +353,11 @@ def benchmark_markdown(benchmark: dict) -> str:
              f"{benchmark['task']} task, {benchmark['n_train']} training images, batch "
              f"{benchmark['batch_size']}, SGD; torch {env['torch']}, {env['torch_threads']} "
              f"threads; measured matrix-multiply throughput {benchmark['matmul_gflops']} "
-             "GFLOP/s. Seconds per epoch of one model.\n",
+             "GFLOP/s (float32)" + (f", {benchmark['matmul_gflops_bf16']} GFLOP/s (bfloat16)"
+                                    if "matmul_gflops_bf16" in benchmark else "")
+             + (f"; memory bandwidth {benchmark['memory_copy_gbs']} GB/s (a large copy, "
+                "read + write)" if "memory_copy_gbs" in benchmark else "")
+             + ". Seconds per epoch of one model.\n",
              "| model | ours, 5 seeds batched | ours, 1 seed | tutorial loop | ours vs tutorial "
              "| compute floor | ours vs floor |",
              "|---|---|---|---|---|---|---|"]
@@ -362,11 +366,28 @@ def benchmark_markdown(benchmark: dict) -> str:
                      f"| {r['ours_1_seed_s_per_epoch']} | {r['tutorial_s_per_epoch']} "
                      f"| {r['speedup_vs_tutorial']}× faster | {r['floor_s_per_epoch']} "
                      f"({r['epoch_gflop']} GFLOP) | {r['ours_vs_floor']}× |")
+        if "ours_5_seeds_bf16_s_per_model_epoch" in r:
+            lines.append(f"| {name}, bf16 (opt-in) | {r['ours_5_seeds_bf16_s_per_model_epoch']} "
+                         f"| — | {r['tutorial_s_per_epoch']} "
+                         f"| {r['bf16_speedup_vs_tutorial']}× faster "
+                         f"| {r['bf16_floor_s_per_epoch']} (bf16 throughput) "
+                         f"| {r['bf16_ours_vs_bf16_floor']}× |")
     softmax = benchmark["models"].get("softmax", {})
     if "sklearn_logreg_fit_s" in softmax:
         lines.append(f"\nscikit-learn's `LogisticRegression` on the same task: "
                      f"{softmax['sklearn_logreg_fit_s']} s to fit, test accuracy "
                      f"{softmax['sklearn_logreg_test_accuracy']} %.")
+    effect = benchmark.get("bf16_accuracy_effect")
+    if effect:
+        fp32, bf16 = effect["fp32"], effect["bf16"]
+        lines.append(f"\nbfloat16's accuracy effect (the network, {effect['n_seeds']} seeds, "
+                     f"{effect['epochs']} epochs, the same initialisations and shuffles): test "
+                     f"accuracy {fp32['test_accuracy_mean']} ± {fp32['test_accuracy_std']} % in "
+                     f"float32, {bf16['test_accuracy_mean']} ± {bf16['test_accuracy_std']} % in "
+                     f"bfloat16 ({effect['difference_mean']:+.2f} points); training "
+                     f"{fp32['train_s']} s against {bf16['train_s']} s. The pipeline runs "
+                     "float32; `dvc exp run -S slide_deck.precision=bf16` runs the study in "
+                     "bfloat16.")
     return "\n".join(lines) + "\n"
 
 
@@ -391,6 +412,12 @@ def targets_markdown(benchmark: dict | None, faithful_seconds: float | None,
                          f"{r['ours_vs_floor']}× the compute floor (target ≤ "
                          f"{FLOOR_RATIO_TARGET}×): "
                          f"{check(r['ours_vs_floor'] <= FLOOR_RATIO_TARGET)}.")
+            if "bf16_speedup_vs_tutorial" in r:
+                lines.append(f"- {name} with bf16 (opt-in): {r['bf16_speedup_vs_tutorial']}× the "
+                             "tutorial loop: "
+                             f"{check(r['bf16_speedup_vs_tutorial'] >= TUTORIAL_SPEEDUP_TARGET)}"
+                             f"; {r['bf16_ours_vs_bf16_floor']}× the bf16 compute floor: "
+                             f"{check(r['bf16_ours_vs_bf16_floor'] <= FLOOR_RATIO_TARGET)}.")
     records = [read_json(p) for p in sorted(runtime_dir.glob("*.json"))]
     if records:
         worst = max(records, key=lambda r: r["peak_rss_mb"])

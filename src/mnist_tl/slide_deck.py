@@ -89,6 +89,7 @@ class StudyConfig:
     split_seed: int = 0
     train_subset: int = 0  # > 0: a stratified subset of each training set (smoke runs)
     device: str = "auto"
+    precision: str = "fp32"  # "bf16": opt-in, faster matrix products (see modeling.train)
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -110,11 +111,13 @@ class StudyConfig:
 
     def train_config(self, protocol: Protocol) -> TrainConfig:
         return TrainConfig("sgd", self.lr, self.momentum, self.batch_size, self.epochs,
-                           early_stopping=protocol.validation, patience=self.patience)
+                           early_stopping=protocol.validation, patience=self.patience,
+                           precision=self.precision)
 
     def transfer_config(self, protocol: Protocol) -> TrainConfig:
         return TrainConfig("adam", self.transfer_lr, 0.0, self.batch_size, self.transfer_epochs,
-                           early_stopping=protocol.validation, patience=self.patience)
+                           early_stopping=protocol.validation, patience=self.patience,
+                           precision=self.precision)
 
 
 @dataclass
