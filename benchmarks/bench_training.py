@@ -125,11 +125,13 @@ def bf16_accuracy_effect(data, epochs: int, n_seeds: int = 5) -> dict:
         cfg = TrainConfig(epochs=epochs, batch_size=BATCH, precision=precision)
         wall = seconds(lambda m=models, c=cfg: fit(m, x, y, c, list(range(n_seeds)),
                                                     progress=False))
-        accuracy = torch.tensor([100 * (evaluate.predict(m, x_test) == y_test).double().mean()
-                                 for m in models])
-        out[precision] = {"train_s": round(wall, 1), "test_accuracy_mean": round(
-            accuracy.mean().item(), 2), "test_accuracy_std": round(accuracy.std().item(), 2),
-            "test_accuracy": [round(a, 2) for a in accuracy.tolist()]}
+        accuracy = [100 * (evaluate.predict(m, x_test) == y_test).double().mean().item()
+                    for m in models]
+        summary = evaluate.summarize(accuracy)
+        out[precision] = {"train_s": round(wall, 1),
+                          "test_accuracy_mean": round(summary["mean"], 2),
+                          "test_accuracy_std": round(summary["std"], 2),
+                          "test_accuracy": [round(a, 2) for a in accuracy]}
     out["difference_mean"] = round(out["bf16"]["test_accuracy_mean"]
                                    - out["fp32"]["test_accuracy_mean"], 2)
     return out
