@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +92,8 @@ def test_saved_runs_load_back_identically(tmp_path, tiny_arrays, config):
     ({"val_fraction": 0.0}, "needs val_fraction > 0"),
     ({"train_subset": -5}, "train_subset must be >= 0"),
     ({"precision": "half"}, "Unknown precision 'half'"),
+    ({"workers": -1}, "workers must be an integer >= 0"),
+    ({"workers": "2"}, "workers must be an integer >= 0"),
 ])
 def test_bad_study_settings_fail_before_training(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -104,6 +109,56 @@ def test_bad_names_fail_before_training(tiny_arrays, config):
         slide_deck.train_baseline("cnn", "even", "faithful", config, arrays=tiny_arrays)
     with pytest.raises(ValueError, match="n_seeds must be a positive integer"):
         slide_deck.StudyConfig.from_seed_count(0)
+
+
+def test_runs_in_worker_processes_equal_runs_in_turn(tiny_arrays, config):
+    """Independent runs trained at once in two single-threaded worker processes give
+    bit-identical weights and histories to the same runs one after another here."""
+    jobs = [("mlp", "even", "faithful"), ("softmax", "odd", "corrected"),
+            ("mlp", "full", "corrected")]
+    in_turn = slide_deck.train_baselines(jobs, replace(config, workers=1), arrays=tiny_arrays,
+                                         progress=False)
+    at_once = slide_deck.train_baselines(jobs, replace(config, workers=2), arrays=tiny_arrays,
+                                         progress=False)
+    assert [r.name for r in at_once] == [r.name for r in in_turn] == [
+        "mlp_faithful_even", "softmax_corrected_odd", "mlp_corrected_full"]
+    assert [r.torch_threads for r in at_once] == [max(1, (os.cpu_count() or 1) // 2)] * 3
+    for a, b in zip(in_turn, at_once, strict=True):
+        assert [h.to_dict() for h in a.histories] == [h.to_dict() for h in b.histories]
+        for ma, mb in zip(a.models, b.models, strict=True):
+            for (name, ta), tb in zip(ma.state_dict().items(), mb.state_dict().values(),
+                                      strict=True):
+                assert torch.equal(ta, tb), name
+        assert torch.equal(a.predictions, b.predictions)
+
+
+def test_train_protocols_times_each_protocol(tiny_arrays, config):
+    runs, wall = slide_deck.train_protocols("softmax", replace(config, workers=1),
+                                            full_task=False, arrays=tiny_arrays, progress=False)
+    assert [r.name for r in runs] == ["softmax_faithful_even", "softmax_faithful_odd",
+                                      "softmax_corrected_even", "softmax_corrected_odd"]
+    assert set(wall) == {"faithful", "corrected"}
+    faithful = sum(r.train_seconds for r in runs if r.protocol == "faithful")
+    assert wall["faithful"] >= round(faithful, 1) - 0.1  # in turn: the runs plus set-up
+
+
+def test_worker_plan_splits_the_cores(monkeypatch, config):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert slide_deck.worker_plan(5, config) == (5, 1)
+    assert slide_deck.worker_plan(2, config) == (2, 4)
+    assert slide_deck.worker_plan(2, replace(config, workers=1)) == (1, torch.get_num_threads())
+    assert slide_deck.worker_plan(5, replace(config, workers=3)) == (3, 2)
+    assert slide_deck.worker_plan(1, config) == (1, torch.get_num_threads())
+
+
+def test_bad_jobs_fail_before_any_training(tiny_arrays, config):
+    good = ("mlp", "even", "faithful")
+    for job, message in ((("cnn", "even", "faithful"), "Unknown model 'cnn'"),
+                         (("mlp", "prime", "faithful"), "Unknown task 'prime'"),
+                         (("mlp", "even", "sloppy"), "Unknown protocol 'sloppy'")):
+        with pytest.raises(ValueError, match=message):
+            slide_deck.train_baselines([good, job], replace(config, workers=2),
+                                       arrays=tiny_arrays, progress=False)
 
 
 # ---------------------------------------------------------------------- statistics
