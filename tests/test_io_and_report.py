@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -131,13 +133,21 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
                      "tutorial_s_per_epoch": 3.0, "speedup_vs_tutorial": 5.0,
                      "floor_s_per_epoch": 0.32, "epoch_gflop": 47.0, "ours_vs_floor": 1.9,
                      "ours_5_seeds_bf16_s_per_model_epoch": 0.19, "bf16_speedup_vs_tutorial": 15.8,
-                     "bf16_floor_s_per_epoch": 0.08, "bf16_ours_vs_bf16_floor": 2.38}},
+                     "bf16_floor_s_per_epoch": 0.08, "bf16_ours_vs_bf16_floor": 2.38,
+                     "at_once_s_per_model_epoch": 0.5, "at_once_speedup_vs_tutorial": 6.0,
+                     "at_once_vs_floor": 1.56}},
+                 "independent_runs": {"epochs": 3, "n_seeds": 5, "speedup": 1.3,
+                                      "identical_results": True,
+                                      "in_turn": {"wall_s": 39.0, "threads_each": 2},
+                                      "at_once": {"wall_s": 30.0, "processes": 2,
+                                                  "threads_each": 1}},
                  "bf16_accuracy_effect": {"epochs": 10, "n_seeds": 5, "difference_mean": -0.04,
                                           "fp32": {"test_accuracy_mean": 97.5,
                                                    "test_accuracy_std": 0.1, "train_s": 40.0},
                                           "bf16": {"test_accuracy_mean": 97.46,
                                                    "test_accuracy_std": 0.12, "train_s": 20.0}}}
-    io.write_json(tmp_path / "runtime" / "03_mlp.json", {"notebook": "03_mlp", "peak_rss_mb": 2100})
+    io.write_json(tmp_path / "runtime" / "03_mlp.json",
+                  {"notebook": "03_mlp", "peak_memory_mb": 2100})
     text = report.targets_markdown(benchmark, 7.5 * 60, tmp_path / "runtime")
     assert "trains in 7.5 min (target ≤ 8 min): met" in text
     assert "5.0× the tutorial loop (target ≥ 15×): **not met**" in text
@@ -150,3 +160,42 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
     assert "| mlp, bf16 (opt-in) | 0.19 | — | 3.0 | 15.8× faster | 0.08 (bf16 throughput) " \
         "| 2.38× |" in table
     assert "97.5 ± 0.1 % in float32, 97.46 ± 0.12 % in bfloat16 (-0.04 points)" in table
+    assert "| mlp, two runs at once (2 processes × 1 thread) | 0.5 | — | 3.0 | 6.0× faster " \
+        "| 0.32 | 1.56× |" in table
+    assert "took 39.0 s one after another in one process (2 threads) and 30.0 s at once" in table
+    assert "mlp, two runs at once: 6.0× the tutorial loop: **not met**; 1.56× the compute " \
+        "floor: met" in text
+
+
+def test_training_time_is_the_wall_time_of_runs_trained_at_once(tmp_path):
+    def run(protocol, seconds):
+        return {"protocol": protocol, "train_seconds": seconds}
+
+    io.write_json(tmp_path / "mlp.json", {
+        "runs": {"a": run("faithful", 100.0), "b": run("faithful", 110.0),
+                 "c": run("corrected", 90.0)},
+        "wall_seconds": {"faithful": 120.0, "corrected": 95.0}})
+    io.write_json(tmp_path / "transfer.json", {  # in turn: the sum
+        "runs": {"d": run("faithful", 10.0), "e": run("faithful", 12.0)}})
+    assert report.faithful_training_seconds(tmp_path) == 142.0
+    text = report.training_time_markdown(tmp_path)
+    assert "| faithful | 0 | 120 | 22 | 142 (2.4 min) |" in text
+    assert "| corrected | 0 | 95 | 0 | 95 (1.6 min) |" in text
+
+
+def test_peak_memory_counts_the_child_processes_together():
+    """Two children holding 150 MB each at the same time: a stage with worker
+    processes must report their sum, not the largest one alone."""
+    script = """
+import subprocess, sys
+from mnist_tl.pipeline import peak_memory_of_children
+hold = "import time; block = b'x' * (150 * 2**20); time.sleep(2)"
+with peak_memory_of_children(interval=0.1) as peak:
+    children = [subprocess.Popen([sys.executable, "-c", hold]) for _ in range(2)]
+    for child in children:
+        child.wait()
+print(peak["mb"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    assert 2 * 150 <= float(out.stdout) < 2 * 150 + 200
