@@ -16,7 +16,11 @@ momentum 0.9), batch 64.
    for the bfloat16 runs); and the memory bandwidth, which bounds the
    optimizer's passes over the weights;
 5. bfloat16's accuracy effect: the network, 5 seeds, a few epochs in each
-   precision from the same initialisations, test accuracy side by side.
+   precision from the same initialisations, test accuracy side by side;
+6. independent runs at once: the network's faithful runs on MNIST-Even and
+   MNIST-Odd (5 seeds each) one after another in this process, against both
+   at once in worker processes (`slide_deck.train_baselines`), wall time
+   including the per-epoch test evaluation, data preparation and start-up.
 
 Prints the ratios and writes them to build/benchmark.json.
 """
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_tl import config, dataset
+from mnist_tl import config, dataset, slide_deck
 from mnist_tl.io import write_json
 from mnist_tl.modeling.models import build_model
 from mnist_tl.modeling.train import TrainConfig, fit
@@ -137,6 +141,30 @@ def bf16_accuracy_effect(data, epochs: int, n_seeds: int = 5) -> dict:
     return out
 
 
+def independent_runs(epochs: int, n_seeds: int = 5) -> dict:
+    """The two parities' network runs in turn (this process) and at once (workers)."""
+    jobs = [("mlp", "even", "faithful"), ("mlp", "odd", "faithful")]
+    arrays = dataset.load_arrays()
+    out: dict = {"epochs": epochs, "n_seeds": n_seeds, "runs": len(jobs)}
+    runs = {}
+    for label, workers in (("in_turn", 1), ("at_once", 0)):
+        study = slide_deck.StudyConfig.from_seed_count(n_seeds, epochs=epochs, workers=workers)
+        processes, threads = slide_deck.worker_plan(len(jobs), study)
+        start = time.perf_counter()
+        runs[label] = slide_deck.train_baselines(jobs, study, arrays=arrays, progress=False)
+        wall = time.perf_counter() - start
+        out[label] = {"processes": processes, "threads_each": threads,
+                      "wall_s": round(wall, 1),
+                      "s_per_model_epoch": round(wall / (len(jobs) * epochs * n_seeds), 3)}
+    out["speedup"] = round(out["in_turn"]["wall_s"] / out["at_once"]["wall_s"], 2)
+    out["identical_results"] = all(
+        torch.equal(a, b)
+        for x, y in zip(runs["in_turn"], runs["at_once"], strict=True)
+        for mx, my in zip(x.models, y.models, strict=True)
+        for a, b in zip(mx.state_dict().values(), my.state_dict().values(), strict=True))
+    return out
+
+
 def sklearn_softmax(x, y, x_test, y_test) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
 
@@ -150,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed for our trainer")
     parser.add_argument("--accuracy-epochs", type=int, default=10,
                         help="epochs of the bfloat16-against-float32 accuracy comparison")
+    parser.add_argument("--parallel-epochs", type=int, default=3,
+                        help="epochs of the independent-runs comparison")
     parser.add_argument("--tutorial-batches", type=int, default=150,
                         help="batches timed for the tutorial loop (then extrapolated)")
     parser.add_argument("--out", type=Path,
@@ -208,6 +238,22 @@ def main(argv: list[str] | None = None) -> None:
           f"fp32 {effect['fp32']['test_accuracy_mean']} %, bf16 "
           f"{effect['bf16']['test_accuracy_mean']} % ({effect['difference_mean']:+} points); "
           f"training {effect['fp32']['train_s']} s against {effect['bf16']['train_s']} s")
+    parallel = independent_runs(args.parallel_epochs)
+    results["independent_runs"] = parallel
+    mlp = results["models"]["mlp"]
+    effective = parallel["at_once"]["s_per_model_epoch"]
+    mlp |= {"at_once_s_per_model_epoch": effective,
+            "at_once_speedup_vs_tutorial": round(mlp["tutorial_s_per_epoch"] / effective, 1),
+            "at_once_vs_floor": round(effective / mlp["floor_s_per_epoch"], 2)}
+    print(f"independent runs (mlp, even + odd, {parallel['epochs']} epochs, 5 seeds each): "
+          f"in turn {parallel['in_turn']['wall_s']} s ({parallel['in_turn']['threads_each']} "
+          f"threads), at once {parallel['at_once']['wall_s']} s "
+          f"({parallel['at_once']['processes']} processes x "
+          f"{parallel['at_once']['threads_each']} threads) -> {parallel['speedup']}x; "
+          f"identical results: {parallel['identical_results']}")
+    print(f"mlp at once: {effective:.3f} s/epoch per model (wall, evaluation and start-up "
+          f"included) -> {mlp['at_once_speedup_vs_tutorial']}x faster than the tutorial | "
+          f"{mlp['at_once_vs_floor']}x the floor")
     print(f"memory bandwidth (copy): {results['memory_copy_gbs']} GB/s")
     results["environment"] = environment()
     write_json(args.out, results)
