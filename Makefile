@@ -38,8 +38,10 @@ $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools
 	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
+# --compile-bytecode: each new process (a notebook's kernel, a training worker) then
+# imports torch without compiling its sources again, even where PYTHONDONTWRITEBYTECODE is set.
 .venv/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --locked
+	$(UV) sync --locked --compile-bytecode
 	@touch $@
 
 setup: .venv/.synced  ## create .venv from uv.lock (exact versions)
