@@ -291,6 +291,8 @@ def worker_plan(n_runs: int, config: StudyConfig) -> tuple[int, int]:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    # The first optimizer imports torch._dynamo (seconds); here, not in a run's timed training.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])
 
 
 def _train_baseline_job(job: tuple[str, str, str], config: StudyConfig,
