@@ -185,14 +185,14 @@ def test_training_time_is_the_wall_time_of_runs_trained_at_once(tmp_path):
     assert "| corrected | 0 | 95 | 0 | 95 (1.6 min) |" in text
 
 
-def test_peak_memory_counts_the_child_processes_together():
+def test_peak_memory_counts_the_processes_together():
     """Two children holding 150 MB each at the same time: a stage with worker
     processes must report their sum, not the largest one alone."""
     script = """
 import subprocess, sys
-from mnist_tl.pipeline import peak_memory_of_children
+from mnist_tl.pipeline import peak_memory
 hold = "import time; block = b'x' * (150 * 2**20); time.sleep(2)"
-with peak_memory_of_children(interval=0.1) as peak:
+with peak_memory(interval=0.1) as peak:
     children = [subprocess.Popen([sys.executable, "-c", hold]) for _ in range(2)]
     for child in children:
         child.wait()

@@ -6,8 +6,8 @@
 The executed copy goes to ``reports/notebooks/`` (the source notebook is never
 executed in place) and only after the whole notebook succeeded; a failed run
 is kept under ``build/failed/`` for debugging. Wall time and peak memory of
-the run go to ``reports/runtime/<notebook>.json``; the memory is that of the
-kernel and the worker processes it starts, together.
+the run go to ``reports/runtime/<notebook>.json``; the memory is that of this
+process, the kernel and the worker processes it starts, together.
 """
 
 from __future__ import annotations
@@ -27,41 +27,43 @@ import yaml
 
 from mnist_tl import config
 from mnist_tl.io import atomic_path, write_json
-from mnist_tl.provenance import environment
+from mnist_tl.provenance import software
 
 
 def _memory_bytes(process: psutil.Process) -> tuple[int, int]:
-    """(private, file-backed) resident bytes of a process: Linux's counters in
-    /proc/<pid>/status (cheap, unlike a page-table walk); elsewhere RSS as private."""
+    """(private, shared) resident bytes of a process: Linux's counters in
+    /proc/<pid>/status (cheap, unlike a page-table walk), shared being the
+    file-backed pages (libraries) and shared memory (tensors handed between
+    processes); elsewhere RSS, all counted as private."""
     try:
         fields = dict(line.split(":", 1) for line in
                       Path(f"/proc/{process.pid}/status").read_text().splitlines() if ":" in line)
         kib = {key: int(fields[key].split()[0]) for key in ("RssAnon", "RssFile", "RssShmem")}
-        return (kib["RssAnon"] + kib["RssShmem"]) * 1024, kib["RssFile"] * 1024
+        return kib["RssAnon"] * 1024, (kib["RssFile"] + kib["RssShmem"]) * 1024
     except (OSError, KeyError, ValueError):
         return process.memory_info().rss, 0
 
 
 @contextmanager
-def peak_memory_of_children(interval: float = 0.5):
-    """Yields a dict whose ``"mb"`` ends as the peak memory of this process's
-    descendants together (the notebook's kernel and the worker processes it
-    starts), sampled every ``interval`` seconds: each one's private memory,
-    plus the largest file-backed part once, since they map the same libraries."""
+def peak_memory(interval: float = 0.5):
+    """Yields a dict whose ``"mb"`` ends as the peak memory of this process and
+    its descendants together (the notebook's kernel and the worker processes it
+    starts), sampled every ``interval`` seconds: each one's private memory, plus
+    the largest shared part once, since they map the same libraries and tensors."""
     peak = {"mb": 0.0}
     done = threading.Event()
 
     def sample() -> None:
         me = psutil.Process()
         while not done.wait(interval):
-            private, files = 0, 0
-            for child in me.children(recursive=True):
+            private, shared = 0, 0
+            for process in [me, *me.children(recursive=True)]:
                 try:
-                    own, mapped = _memory_bytes(child)
+                    own, mapped = _memory_bytes(process)
                 except psutil.Error:
                     continue  # ended between listing and reading
-                private, files = private + own, max(files, mapped)
-            peak["mb"] = max(peak["mb"], (private + files) / 2**20)
+                private, shared = private + own, max(shared, mapped)
+            peak["mb"] = max(peak["mb"], (private + shared) / 2**20)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -83,7 +85,7 @@ def run_notebook(
     output = Path(output) if output else config.REPORTS_DIR / "notebooks" / notebook.name
     start = time.perf_counter()
     print(f"[{notebook.stem}] running with {parameters}", flush=True)
-    with atomic_path(output) as tmp, peak_memory_of_children() as peak:
+    with atomic_path(output) as tmp, peak_memory() as peak:
         try:
             papermill.execute_notebook(
                 notebook, tmp, parameters=parameters, kernel_name="python3",
@@ -103,7 +105,7 @@ def run_notebook(
         config.REPORTS_DIR / "runtime" / f"{notebook.stem}.json",
         {"notebook": notebook.name, "wall_seconds": round(wall, 1),
          "peak_memory_mb": round(peak_mb), "parameters": parameters,
-         "environment": environment()},
+         "software": software()},
     )
     print(f"[{notebook.stem}] done in {wall:.1f} s (peak memory {peak_mb:.0f} MB)", flush=True)
     return output

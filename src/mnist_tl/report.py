@@ -303,12 +303,13 @@ def runtime_markdown(runtime_dir: Path) -> str:
     records = [read_json(p) for p in sorted(runtime_dir.glob("*.json"))]
     if not records:
         return "_No stage has been run through the pipeline yet._\n"
-    lines = ["| notebook | wall time (s) | peak memory (MB) | torch | threads |",
-             "|---|---|---|---|---|"]
+    lines = ["Peak memory: the stage's processes together (the driver, the notebook's kernel "
+             "and its worker processes). Each result's thread count is recorded with it in "
+             "`reports/metrics/`.\n",
+             "| notebook | wall time (s) | peak memory (MB) | torch |", "|---|---|---|---|"]
     for r in records:
-        env = r["environment"]
         lines.append(f"| {r['notebook']} | {r['wall_seconds']} | {r['peak_memory_mb']} "
-                     f"| {env['torch']} | {env['torch_threads']} |")
+                     f"| {r['software']['torch']} |")
     return "\n".join(lines) + "\n"
 
 

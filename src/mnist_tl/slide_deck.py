@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
-from tqdm.auto import tqdm
 
 from mnist_tl import dataset, evaluate
 from mnist_tl.modeling.models import build_model, transfer_model
@@ -275,18 +274,19 @@ _TASK_COST = {"even": 1, "odd": 1, "full": 2}
 
 
 def worker_plan(n_runs: int, config: StudyConfig) -> tuple[int, int]:
-    """(worker processes, torch threads in each) for ``n_runs`` independent runs.
+    """(processes, torch threads in each) for ``n_runs`` independent runs; this
+    process is one of them, the others are worker processes.
 
     On a CPU the batch-64 products are too small to keep two threads busy, so
     independent runs in single-threaded processes, one per core, do more work
     per second than one process with every thread (the benchmark measures the
-    ratio). A GPU, or ``workers=1``, trains in this process.
+    ratio). A GPU, or ``workers=1``, trains in this process alone.
     """
     if config.workers == 1 or n_runs <= 1 or resolve_device(config.device).type == "cuda":
         return 1, torch.get_num_threads()
     cores = os.cpu_count() or 1
-    workers = min(config.workers or cores, n_runs)
-    return workers, max(1, cores // workers)
+    processes = min(config.workers or cores, n_runs)
+    return processes, max(1, cores // processes)
 
 
 def _init_worker(threads: int) -> None:
@@ -295,20 +295,21 @@ def _init_worker(threads: int) -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])
 
 
-def _train_baseline_job(job: tuple[str, str, str], config: StudyConfig,
-                        arrays: dataset.Arrays | None) -> Run:
-    model, task, protocol = job
-    return train_baseline(model, task, protocol, config, arrays=arrays, progress=False)
+def _train_in_turn(jobs: Sequence[tuple[str, str, str]], config: StudyConfig,
+                   arrays: dataset.Arrays | None, progress: bool = False) -> list[Run]:
+    return [train_baseline(model, task, protocol, config, arrays=arrays, progress=progress)
+            for model, task, protocol in jobs]
 
 
 def train_baselines(jobs: Sequence[tuple[str, str, str]], config: StudyConfig, *,
                     arrays: dataset.Arrays | None = None, progress: bool = True) -> list[Run]:
     """:func:`train_baseline` for each ``(model, task, protocol)`` of ``jobs``, in order.
 
-    The runs are independent, so with several workers (:func:`worker_plan`) they
-    train in worker processes at once. Each run's numbers are the same as
-    trained alone: its seeds fix its initialisation, shuffling and dropout
-    masks, and the thread count does not change the arithmetic (a test checks both).
+    The runs are independent, so with several processes (:func:`worker_plan`)
+    they are shared out, longest first, between this process and worker
+    processes, and train at once. Each run's numbers are the same as trained
+    alone: its seeds fix its initialisation, shuffling and dropout masks, and
+    the thread count does not change the arithmetic (a test checks both).
     """
     for model, task, protocol in jobs:  # fail here, not in a worker minutes later
         get_protocol(protocol)
@@ -316,28 +317,47 @@ def train_baselines(jobs: Sequence[tuple[str, str, str]], config: StudyConfig, *
             raise ValueError(f"Unknown model {model!r}; choose one of {sorted(_MODEL_COST)}.")
         if task not in _TASK_COST:
             raise ValueError(f"Unknown task {task!r}; choose one of {sorted(_TASK_COST)}.")
-    workers, threads = worker_plan(len(jobs), config)
-    if workers == 1:
-        return [train_baseline(*job, config, arrays=arrays, progress=progress) for job in jobs]
-    longest_first = sorted(range(len(jobs)), reverse=True,
-                           key=lambda i: _MODEL_COST[jobs[i][0]] * _TASK_COST[jobs[i][1]])
+    processes, threads = worker_plan(len(jobs), config)
+    if processes == 1:
+        return _train_in_turn(jobs, config, arrays, progress)
+    # Longest first onto the least loaded process; this process takes share 0, so
+    # that only processes - 1 more hold a copy of torch (~0.4 GB each) in memory.
+    shares: list[list[int]] = [[] for _ in range(processes)]
+    load = [0] * processes
+    for i in sorted(range(len(jobs)), reverse=True,
+                    key=lambda i: _MODEL_COST[jobs[i][0]] * _TASK_COST[jobs[i][1]]):
+        least = load.index(min(load))
+        shares[least].append(i)
+        load[least] += _MODEL_COST[jobs[i][0]] * _TASK_COST[jobs[i][1]]
     runs: list[Run | None] = [None] * len(jobs)
+    if arrays is not None:
+        # Handed to the workers through shared memory. Moved there now: the pool's
+        # feeder thread would move them while this process trains on them (a crash).
+        for image_or_label in vars(arrays).values():
+            image_or_label.share_memory_()
     # spawn, not fork: a fork of a process whose OpenMP threads have run can hang.
     context = torch.multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool, \
-            tqdm(total=len(jobs), disable=not progress,
-                 desc=f"{len(jobs)} runs, {workers} processes x {threads} threads") as bar:
-        futures = {pool.submit(_train_baseline_job, jobs[i], config, arrays): i
-                   for i in longest_first}
+    own_threads = torch.get_num_threads()
+    with ProcessPoolExecutor(processes - 1, mp_context=context, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_train_in_turn, [jobs[i] for i in share], config, arrays): share
+                   for share in shares[1:]}
         try:
+            torch.set_num_threads(threads)
+            if progress:
+                print(f"{len(jobs)} runs at once in {processes} processes x {threads} threads; "
+                      "progress of this process's share:", flush=True)
+            for i, run in zip(shares[0], _train_in_turn([jobs[i] for i in shares[0]], config,
+                                                        arrays, progress), strict=True):
+                runs[i] = run
             for future in as_completed(futures):
-                run = runs[futures[future]] = future.result()
-                bar.set_postfix_str(f"{run.name} {run.train_seconds:.0f} s")
-                bar.update()
+                for i, run in zip(futures[future], future.result(), strict=True):
+                    runs[i] = run
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            torch.set_num_threads(own_threads)
     return runs
 
 
