@@ -60,6 +60,15 @@ def test_empty_report_says_so(tmp_path):
     assert "No model results yet" in md_path.read_text()
 
 
+def test_runtime_table_shows_each_stage_from_its_record(tmp_path):
+    io.write_json(tmp_path / "03_mlp.json", {
+        "notebook": "03_mlp.ipynb", "wall_seconds": 1500.2, "peak_memory_mb": 1900,
+        "software": {"torch": "2.15.0"}})
+    text = report.runtime_markdown(tmp_path)
+    assert "| 03_mlp.ipynb | 1500.2 | 1900 | 2.15.0 |" in text
+    assert "the stage's processes together" in text
+
+
 def test_slide_deck_section_uses_the_decks_layout_and_audits_it(tmp_path):
     rows = [
         _row(),  # softmax even 96.50, deck 96.02
@@ -164,7 +173,7 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
     assert "| mlp, two runs at once (2 processes × 1 thread) | 0.5 | — | 3.0 | 6.0× faster " \
         "| 0.32 | 1.56× |" in table
     assert "trained in 39.0 s one after another in one process (2 threads) and in 30.0 s at " \
-        "once in 2 worker processes of 1 thread: 1.3×" in table
+        "once in 2 processes (this one and workers) of 1 thread: 1.3×" in table
     assert "mlp, two runs at once: 6.0× the tutorial loop: **not met**; 1.56× the compute " \
         "floor: met" in text
 

@@ -399,7 +399,7 @@ def benchmark_markdown(benchmark: dict) -> str:
                      f"and MNIST-Odd ({parallel['n_seeds']} seeds each, {parallel['epochs']} "
                      f"epochs) trained in {in_turn['train_s']} s one after another in one "
                      f"process ({in_turn['threads_each']} threads) and in {at_once['train_s']} s "
-                     f"at once in {at_once['processes']} worker processes of "
+                     f"at once in {at_once['processes']} processes (this one and workers) of "
                      f"{at_once['threads_each']} thread: {parallel['speedup']}× (the row above "
                      "divides this time, per-epoch test evaluation included, by the "
                      f"model-epochs). With the workers' start-up, {in_turn['wall_s']} s against "
