@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import replace
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mnist_tl import evaluate, slide_deck
+from mnist_tl.modeling.models import MODELS
 
 
 @pytest.fixture
@@ -149,6 +151,23 @@ def test_worker_plan_splits_the_cores(monkeypatch, config):
     assert slide_deck.worker_plan(2, replace(config, workers=1)) == (1, torch.get_num_threads())
     assert slide_deck.worker_plan(5, replace(config, workers=3)) == (3, 2)
     assert slide_deck.worker_plan(1, config) == (1, torch.get_num_threads())
+
+
+def test_every_model_has_a_cost():
+    assert set(slide_deck._MODEL_COST) == set(MODELS)
+    assert slide_deck._cost("mlp", "full") == 2 * slide_deck._cost("mlp", "even")
+
+
+def test_a_failing_worker_raises_here_and_stops(tiny_arrays, config):
+    splits = slide_deck.task_splits("even", slide_deck.PROTOCOLS["faithful"], config,
+                                    tiny_arrays)
+    good = dict(model="softmax", seeds=(0,), x_train=splits.x_train, y_train=splits.y_train,
+                config=config.train_config(slide_deck.PROTOCOLS["faithful"]), device="cpu")
+    bad = good | {"x_train": splits.x_train[:0], "y_train": splits.y_train[:0]}
+    # The cheaper call goes to the worker, which fails on the empty training set.
+    with pytest.raises(RuntimeError, match="worker process failed(.|\n)*training set is empty"):
+        slide_deck._train_at_once([good, bad], [2, 1], processes=2, threads=1, progress=False)
+    assert not multiprocessing.active_children()
 
 
 def test_bad_jobs_fail_before_any_training(tiny_arrays, config):

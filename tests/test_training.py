@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mnist_tl import dataset
 from mnist_tl.modeling.models import MLP, build_model, frozen_parameter_names, transfer_model
 from mnist_tl.modeling.train import (
     TrainConfig,
+    Trained,
     _Stacked,
     fit,
     fit_frozen_features,
     load_checkpoint,
     save_checkpoint,
+    train_new,
 )
 
 
@@ -218,6 +224,54 @@ def test_cached_features_give_the_same_training_as_the_full_model():
                                    y_eval=y[:100], progress=False)
     assert h_cached[0].train_loss == pytest.approx(h_full[0].train_loss, rel=1e-5)
     torch.testing.assert_close(cached.head.weight, full.head.weight, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_uint8_pixels_train_exactly_as_the_flattened_floats(cached):
+    """Pixels kept as uint8 and scaled per batch give the same weights and histories,
+    bit for bit, as the whole set scaled up front by dataset.flatten."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (300,), generator=g)
+    config = TrainConfig(optimizer="adam", epochs=2, batch_size=32)
+    runs = []
+    for x in (pixels.reshape(300, -1), dataset.flatten(pixels)):
+        source = mlp(0)
+        if cached:
+            model = transfer_model(source, "fresh", seed=1)
+            histories = fit_frozen_features([model], x[:200], y[:200], config, [1],
+                                            x_eval=x[200:], y_eval=y[200:], progress=False)
+        else:
+            model = source
+            histories = fit([model], x[:200], y[:200], config, [1], x_eval=x[200:],
+                            y_eval=y[200:], progress=False)
+        runs.append((model, [h.to_dict() for h in histories]))
+    (as_uint8, h_uint8), (as_float, h_float) = runs
+    assert h_uint8 == h_float
+    assert states_equal(as_uint8, as_float)
+
+
+def test_train_new_builds_trains_and_times():
+    x, y = blobs(100)
+    trained = train_new("mlp", [3, 4], x, y, TrainConfig(epochs=1), hidden=(16,),
+                        progress=False)
+    assert isinstance(trained, Trained) and len(trained.models) == len(trained.histories) == 2
+    assert trained.models[0].features[0].out_features == 16
+    assert [h.seed for h in trained.histories] == [3, 4]
+    assert trained.seconds > 0 and trained.torch_threads == torch.get_num_threads()
+    alone = mlp(3, hidden=(16,))
+    fit([alone], x, y, TrainConfig(epochs=1), [3], progress=False)
+    assert states_equal(alone, trained.models[0])
+
+
+def test_the_worker_side_imports_no_scikit_learn_scipy_or_pandas():
+    # Each worker process holds what it imports; these three are ~80 MB it does not need.
+    code = ("import sys, mnist_tl.modeling.train; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', "
+            "'pandas'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_kept_and_fresh_heads_behave_as_named():

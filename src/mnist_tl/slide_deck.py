@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +28,18 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from mnist_tl import dataset, evaluate
-from mnist_tl.modeling.models import build_model, transfer_model
+from mnist_tl.modeling.models import MODELS, build_model, transfer_model
 from mnist_tl.modeling.train import (
     History,
     TrainConfig,
-    fit,
+    Trained,
+    as_inputs,
     fit_frozen_features,
     load_checkpoint,
     resolve_device,
     save_checkpoint,
+    train_in_worker,
+    train_new,
 )
 
 STUDY = "slide-deck"
@@ -198,9 +200,14 @@ class Splits:
     y_test: torch.Tensor
 
 
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    # uint8 (N, 784): fit and predict scale each batch to [0, 1] (modeling.train.as_inputs).
+    return images.reshape(len(images), -1)
+
+
 def task_splits(task: str, protocol: Protocol, config: StudyConfig,
                 arrays: dataset.Arrays | None = None) -> Splits:
-    """Flattened [0, 1] inputs and digit labels for one task under ``protocol``.
+    """Flattened uint8 pixels and digit labels for one task under ``protocol``.
 
     Faithful: train on all of the task's official training images and watch the
     test set each epoch, as the deck did. Corrected: train/validation split.
@@ -217,31 +224,20 @@ def task_splits(task: str, protocol: Protocol, config: StudyConfig,
         x_train, y_train = x_train[keep], y_train[keep]
     x_eval, y_eval = (data.x_val, data.y_val) if protocol.validation else (data.x_test,
                                                                           data.y_test)
-    return Splits(dataset.flatten(x_train), y_train, dataset.flatten(x_eval), y_eval,
-                  "val" if protocol.validation else "test",
-                  dataset.flatten(data.x_test), data.y_test)
+    return Splits(_pixels(x_train), y_train, _pixels(x_eval), y_eval,
+                  "val" if protocol.validation else "test", _pixels(data.x_test), data.y_test)
 
 
 def _predictions(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    x = as_inputs(x)
     return torch.stack([evaluate.predict(m, x) for m in models])
 
 
 def train_baseline(model: str, task: str, protocol: str, config: StudyConfig, *,
                    arrays: dataset.Arrays | None = None, progress: bool = True) -> Run:
     """Train softmax regression or the network on ``task`` for every seed."""
-    proto = get_protocol(protocol)
-    splits = task_splits(task, proto, config, arrays)
-    models = [build_model(model, 10, hidden=(500,), seed=s) for s in config.seeds]
-    start = time.perf_counter()
-    histories = fit(
-        models, splits.x_train, splits.y_train, config.train_config(proto), config.seeds,
-        x_eval=splits.x_eval, y_eval=splits.y_eval, eval_split=splits.eval_split,
-        device=config.device, progress=progress, desc=f"{model} {protocol} {task}",
-    )
-    seconds = time.perf_counter() - start
-    models = [m.cpu() for m in models]
-    return Run(model, protocol, task, config.seeds, models, histories, splits.y_test,
-               _predictions(models, splits.x_test), train_seconds=seconds)
+    return train_baselines([(model, task, protocol)], config, arrays=arrays,
+                           progress=progress)[0]
 
 
 def train_transfer(source: Run, head: str, config: StudyConfig, *,
@@ -268,9 +264,13 @@ def train_transfer(source: Run, head: str, config: StudyConfig, *,
 
 # ------------------------------------------------------------- independent runs at once
 
-# Relative cost of a run, to start the longest first so the workers finish together.
+# A run's relative cost, to start the longest first so that the processes finish
+# together: per training image, the network's epoch takes about 8 times softmax's.
 _MODEL_COST = {"softmax": 1, "mlp": 8}
-_TASK_COST = {"even": 1, "odd": 1, "full": 2}
+
+
+def _cost(model: str, task: str) -> int:
+    return _MODEL_COST[model] * len(dataset.task_classes(task))
 
 
 def worker_plan(n_runs: int, config: StudyConfig) -> tuple[int, int]:
@@ -289,21 +289,63 @@ def worker_plan(n_runs: int, config: StudyConfig) -> tuple[int, int]:
     return processes, max(1, cores // processes)
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    # The first optimizer imports torch._dynamo (seconds); here, not in a run's timed training.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)])
-
-
-def _train_in_turn(jobs: Sequence[tuple[str, str, str]], config: StudyConfig,
-                   arrays: dataset.Arrays | None, progress: bool = False) -> list[Run]:
-    return [train_baseline(model, task, protocol, config, arrays=arrays, progress=progress)
-            for model, task, protocol in jobs]
+def _train_at_once(calls: Sequence[dict], costs: Sequence[int], processes: int, threads: int,
+                   progress: bool) -> list[Trained]:
+    """``train_new(**call)`` for each call: shared out, longest first, between this
+    process and ``processes - 1`` worker processes, each with ``threads`` threads."""
+    if processes == 1:
+        return [train_new(**call, progress=progress) for call in calls]
+    shares: list[list[int]] = [[] for _ in range(processes)]
+    load = [0] * processes
+    for i in sorted(range(len(calls)), key=lambda i: costs[i], reverse=True):
+        least = load.index(min(load))
+        shares[least].append(i)
+        load[least] += costs[i]
+    trained: list[Trained | None] = [None] * len(calls)
+    # spawn, not fork: a fork of a process whose OpenMP threads have run can hang. The
+    # calls' tensors go to shared memory as the workers start, before this process trains.
+    context = torch.multiprocessing.get_context("spawn")
+    workers = []
+    own_threads = torch.get_num_threads()
+    try:
+        for share in shares[1:]:
+            here, there = context.Pipe()
+            worker = context.Process(target=train_in_worker, daemon=True,
+                                     args=([calls[i] for i in share], threads, there))
+            worker.start()
+            there.close()  # so that `here` reads end-of-file if the worker dies
+            workers.append((share, worker, here))
+        torch.set_num_threads(threads)
+        if progress:
+            print(f"{len(calls)} runs at once in {processes} processes x {threads} threads; "
+                  "progress of this process's share:", flush=True)
+        for i in shares[0]:
+            trained[i] = train_new(**calls[i], progress=progress)
+        for share, worker, here in workers:
+            try:
+                answer = here.recv()
+            except EOFError:
+                worker.join(5)
+                raise RuntimeError(f"a worker process ended without its results (exit code "
+                                   f"{worker.exitcode}); out of memory? Try workers=1.") from None
+            if isinstance(answer, BaseException):
+                raise answer
+            for i, result in zip(share, answer, strict=True):
+                trained[i] = result
+    finally:
+        torch.set_num_threads(own_threads)
+        # Done, failed or interrupted (Ctrl-C): no worker outlives this call.
+        for _, worker, here in workers:
+            worker.terminate()
+            worker.join()
+            here.close()
+    return trained
 
 
 def train_baselines(jobs: Sequence[tuple[str, str, str]], config: StudyConfig, *,
                     arrays: dataset.Arrays | None = None, progress: bool = True) -> list[Run]:
-    """:func:`train_baseline` for each ``(model, task, protocol)`` of ``jobs``, in order.
+    """Softmax regression or the network, every seed, for each ``(model, task,
+    protocol)`` of ``jobs``; the runs in order.
 
     The runs are independent, so with several processes (:func:`worker_plan`)
     they are shared out, longest first, between this process and worker
@@ -311,54 +353,23 @@ def train_baselines(jobs: Sequence[tuple[str, str, str]], config: StudyConfig, *
     alone: its seeds fix its initialisation, shuffling and dropout masks, and
     the thread count does not change the arithmetic (a test checks both).
     """
-    for model, task, protocol in jobs:  # fail here, not in a worker minutes later
-        get_protocol(protocol)
-        if model not in _MODEL_COST:
-            raise ValueError(f"Unknown model {model!r}; choose one of {sorted(_MODEL_COST)}.")
-        if task not in _TASK_COST:
-            raise ValueError(f"Unknown task {task!r}; choose one of {sorted(_TASK_COST)}.")
-    processes, threads = worker_plan(len(jobs), config)
-    if processes == 1:
-        return _train_in_turn(jobs, config, arrays, progress)
-    # Longest first onto the least loaded process; this process takes share 0, so
-    # that only processes - 1 more hold a copy of torch (~0.4 GB each) in memory.
-    shares: list[list[int]] = [[] for _ in range(processes)]
-    load = [0] * processes
-    for i in sorted(range(len(jobs)), reverse=True,
-                    key=lambda i: _MODEL_COST[jobs[i][0]] * _TASK_COST[jobs[i][1]]):
-        least = load.index(min(load))
-        shares[least].append(i)
-        load[least] += _MODEL_COST[jobs[i][0]] * _TASK_COST[jobs[i][1]]
-    runs: list[Run | None] = [None] * len(jobs)
-    if arrays is not None:
-        # Handed to the workers through shared memory. Moved there now: the pool's
-        # feeder thread would move them while this process trains on them (a crash).
-        for image_or_label in vars(arrays).values():
-            image_or_label.share_memory_()
-    # spawn, not fork: a fork of a process whose OpenMP threads have run can hang.
-    context = torch.multiprocessing.get_context("spawn")
-    own_threads = torch.get_num_threads()
-    with ProcessPoolExecutor(processes - 1, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(_train_in_turn, [jobs[i] for i in share], config, arrays): share
-                   for share in shares[1:]}
-        try:
-            torch.set_num_threads(threads)
-            if progress:
-                print(f"{len(jobs)} runs at once in {processes} processes x {threads} threads; "
-                      "progress of this process's share:", flush=True)
-            for i, run in zip(shares[0], _train_in_turn([jobs[i] for i in shares[0]], config,
-                                                        arrays, progress), strict=True):
-                runs[i] = run
-            for future in as_completed(futures):
-                for i, run in zip(futures[future], future.result(), strict=True):
-                    runs[i] = run
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        finally:
-            torch.set_num_threads(own_threads)
-    return runs
+    for model, _, _ in jobs:  # the tasks and protocols are checked by task_splits below
+        if model not in MODELS:
+            raise ValueError(f"Unknown model {model!r}; choose one of {MODELS}.")
+    arrays = arrays or dataset.load_arrays()
+    splits = [task_splits(task, get_protocol(protocol), config, arrays)
+              for _, task, protocol in jobs]
+    calls = [dict(model=model, seeds=config.seeds, x_train=s.x_train, y_train=s.y_train,
+                  config=config.train_config(get_protocol(protocol)), x_eval=s.x_eval,
+                  y_eval=s.y_eval, eval_split=s.eval_split, device=config.device,
+                  desc=f"{model} {protocol} {task}")
+             for (model, task, protocol), s in zip(jobs, splits, strict=True)]
+    trained = _train_at_once(calls, [_cost(model, task) for model, task, _ in jobs],
+                             *worker_plan(len(jobs), config), progress)
+    return [Run(model, protocol, task, config.seeds, t.models, t.histories, s.y_test,
+                _predictions(t.models, s.x_test), train_seconds=t.seconds,
+                torch_threads=t.torch_threads)
+            for (model, task, protocol), s, t in zip(jobs, splits, trained, strict=True)]
 
 
 def train_protocols(model: str, config: StudyConfig, *, full_task: bool = True,

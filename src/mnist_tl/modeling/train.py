@@ -18,12 +18,21 @@ tests and the benchmark show its effect.
 
 Early stopping is per seed: a seed stops ``patience`` epochs after its best
 validation loss, its history ends there, and its best weights are restored.
+
+Inputs may stay uint8 pixels: each batch is scaled to [0, 1] as it is drawn
+(:func:`as_inputs`, the same float32 division as :func:`mnist_tl.dataset.flatten`),
+so a data set is resident at a quarter of the float32 memory.
+
+This module imports torch and nothing heavier (no scikit-learn, scipy or
+pandas): :func:`train_in_worker` runs in worker processes that import only it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +93,12 @@ class History:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"epochs_run": self.epochs_run}
+
+
+def as_inputs(x: torch.Tensor) -> torch.Tensor:
+    """Model inputs: uint8 pixels as float32 in [0, 1] (exactly as ``dataset.flatten``
+    computes them); float inputs unchanged."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -244,7 +259,7 @@ def _evaluate(net: _Stacked, x: torch.Tensor, y: torch.Tensor, per_model: bool,
     loss = torch.zeros(len(net.models), device=y.device)
     correct = torch.zeros(len(net.models), device=y.device)
     for start in range(0, n, chunk):
-        xb = x[:, start:start + chunk] if per_model else x[start:start + chunk]
+        xb = as_inputs(x[:, start:start + chunk] if per_model else x[start:start + chunk])
         yb = y[start:start + chunk]
         logits = net(xb, per_model)
         loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(net.models)),
@@ -271,8 +286,9 @@ def fit(
 ) -> list[History]:
     """Train ``models[i]`` with seed ``seeds[i]``, in place; return one history per seed.
 
-    Inputs are float tensors ``(N, D)`` shared by all models, or ``(S, N, D)``
-    one per model with ``per_model_inputs=True`` (features cached per model).
+    Inputs are tensors ``(N, D)`` shared by all models (float, or uint8 pixels
+    scaled per batch by :func:`as_inputs`), or float ``(S, N, D)`` one per model
+    with ``per_model_inputs=True`` (features cached per model).
     ``x_eval`` is watched each epoch (train loss, eval loss and accuracy); with
     ``config.early_stopping`` it is the validation set that decides stopping.
     """
@@ -307,7 +323,7 @@ def fit(
         total = torch.zeros(num_models, device=device)
         for start in range(0, n, config.batch_size):
             idx = order[:, start:start + config.batch_size]
-            xb = x_train[rows, idx] if per_model_inputs else x_train[idx]
+            xb = as_inputs(x_train[rows, idx] if per_model_inputs else x_train[idx])
             loss = net.loss_and_gradients(xb, y_train[idx])
             optimizer.step()
             total += loss * idx.shape[1]
@@ -355,7 +371,7 @@ def features_of(models: Sequence[nn.Module], x: torch.Tensor, device: str | torc
     out = []
     for model in models:
         model = model.to(device).eval()
-        out.append(torch.cat([model.features(x[i:i + chunk].to(device))
+        out.append(torch.cat([model.features(as_inputs(x[i:i + chunk].to(device)))
                               for i in range(0, len(x), chunk)]))
         model.to("cpu")
     return torch.stack(out)
@@ -390,6 +406,52 @@ def fit_frozen_features(
         x_eval=eval_features, y_eval=y_eval, eval_split=eval_split, per_model_inputs=True,
         device=device, progress=progress, desc=desc,
     )
+
+
+# ---------------------------------------------------------- new models, in any process
+
+
+@dataclass
+class Trained:
+    """What :func:`train_new` returns: the models, their histories and how long it took."""
+
+    models: list[nn.Module]  # on the CPU
+    histories: list[History]
+    seconds: float  # wall time of fit
+    torch_threads: int  # of the process that trained them
+
+
+def train_new(model: str, seeds: Sequence[int], x_train: torch.Tensor, y_train: torch.Tensor,
+              config: TrainConfig, *, num_classes: int = 10, hidden: Sequence[int] = (500,),
+              **fit_kwargs) -> Trained:
+    """New ``model`` networks, one per seed (``build_model``), trained together by :func:`fit`."""
+    from mnist_tl.modeling.models import build_model
+
+    models = [build_model(model, num_classes, hidden=hidden, seed=s) for s in seeds]
+    start = time.perf_counter()
+    histories = fit(models, x_train, y_train, config, seeds, **fit_kwargs)
+    seconds = time.perf_counter() - start
+    return Trained([m.cpu() for m in models], histories, seconds, torch.get_num_threads())
+
+
+def train_in_worker(calls: Sequence[dict], threads: int, connection) -> None:
+    """A worker process's work: ``train_new(**call)`` for each call, in turn, with
+    ``threads`` torch threads; the list of :class:`Trained` (or the error, as text)
+    goes back through ``connection``."""
+    torch.set_num_threads(threads)
+    try:
+        # The first optimizer imports torch._dynamo (seconds): here, not in the first fit's time.
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+        answer = [train_new(**call, progress=False) for call in calls]
+    except BaseException:
+        answer = RuntimeError(f"a worker process failed:\n{traceback.format_exc()}")
+    connection.send(answer)
+    # Tensors travel as shared-memory handles that this process serves until they are
+    # received: wait for the parent to close the connection (or to stop this process).
+    try:
+        connection.recv()
+    except EOFError:
+        pass
 
 
 # ----------------------------------------------------------------------- checkpoints
