@@ -210,3 +210,14 @@ print(peak["mb"])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True)
     assert 2 * 150 <= float(out.stdout) < 2 * 150 + 200
+
+
+def test_recorded_torch_version_is_torchs_own_without_importing_it():
+    """The runtime records (no torch import) and the metrics (torch imported) name
+    the same build, e.g. 2.15.0+cu132, not the package metadata's 2.15.0."""
+    import torch
+
+    from mnist_tl import provenance
+
+    assert provenance.software()["torch"] == torch.__version__
+    assert provenance.environment()["torch"] == torch.__version__
