@@ -334,11 +334,15 @@ def _train_at_once(calls: Sequence[dict], costs: Sequence[int], processes: int, 
                 trained[i] = result
     finally:
         torch.set_num_threads(own_threads)
-        # Done, failed or interrupted (Ctrl-C): no worker outlives this call.
-        for _, worker, here in workers:
-            worker.terminate()
-            worker.join()
+        # No worker outlives this call: one that has answered sees end-of-file and exits
+        # by itself; one still training (an error here, Ctrl-C) is stopped.
+        for _, _, here in workers:
             here.close()
+        for _, worker, _ in workers:
+            worker.join(2)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
     return trained
 
 
