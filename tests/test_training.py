@@ -226,6 +226,20 @@ def test_cached_features_give_the_same_training_as_the_full_model():
     torch.testing.assert_close(cached.head.weight, full.head.weight, rtol=1e-4, atol=1e-6)
 
 
+def test_cached_features_of_several_sources_train_each_head_as_alone():
+    """Each model's head trains on its own source's features, as if trained alone."""
+    x, y = blobs(300)
+    config = TrainConfig(optimizer="sgd", epochs=2, batch_size=32)
+    seeds = [5, 6, 7]
+    together = [transfer_model(mlp(s), "fresh", seed=s) for s in seeds]
+    histories = fit_frozen_features(together, x, y, config, seeds, progress=False)
+    for seed, model, history in zip(seeds, together, histories, strict=True):
+        alone = transfer_model(mlp(seed), "fresh", seed=seed)
+        (history_alone,) = fit_frozen_features([alone], x, y, config, [seed], progress=False)
+        assert history_alone.train_loss == history.train_loss
+        assert states_equal(alone, model)
+
+
 @pytest.mark.parametrize("cached", [False, True])
 def test_uint8_pixels_train_exactly_as_the_flattened_floats(cached):
     """Pixels kept as uint8 and scaled per batch give the same weights and histories,
@@ -253,8 +267,8 @@ def test_uint8_pixels_train_exactly_as_the_flattened_floats(cached):
 
 def test_train_new_builds_trains_and_times():
     x, y = blobs(100)
-    trained = train_new("mlp", [3, 4], x, y, TrainConfig(epochs=1), hidden=(16,),
-                        progress=False)
+    trained = train_new("mlp", [3, 4], x, y, TrainConfig(epochs=1),
+                        model_kwargs=dict(hidden=(16,)), progress=False)
     assert isinstance(trained, Trained) and len(trained.models) == len(trained.histories) == 2
     assert trained.models[0].features[0].out_features == 16
     assert [h.seed for h in trained.histories] == [3, 4]

@@ -361,13 +361,14 @@ def train_baselines(jobs: Sequence[tuple[str, str, str]], config: StudyConfig, *
         if model not in MODELS:
             raise ValueError(f"Unknown model {model!r}; choose one of {MODELS}.")
     arrays = arrays or dataset.load_arrays()
-    splits = [task_splits(task, get_protocol(protocol), config, arrays)
-              for _, task, protocol in jobs]
+    protocols = [get_protocol(protocol) for _, _, protocol in jobs]
+    splits = [task_splits(task, proto, config, arrays)
+              for (_, task, _), proto in zip(jobs, protocols, strict=True)]
     calls = [dict(model=model, seeds=config.seeds, x_train=s.x_train, y_train=s.y_train,
-                  config=config.train_config(get_protocol(protocol)), x_eval=s.x_eval,
+                  config=config.train_config(proto), x_eval=s.x_eval,
                   y_eval=s.y_eval, eval_split=s.eval_split, device=config.device,
                   desc=f"{model} {protocol} {task}")
-             for (model, task, protocol), s in zip(jobs, splits, strict=True)]
+             for (model, task, protocol), proto, s in zip(jobs, protocols, splits, strict=True)]
     trained = _train_at_once(calls, [_cost(model, task) for model, task, _ in jobs],
                              *worker_plan(len(jobs), config), progress)
     return [Run(model, protocol, task, config.seeds, t.models, t.histories, s.y_test,
