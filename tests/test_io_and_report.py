@@ -160,6 +160,10 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
                   {"notebook": "03_mlp", "peak_memory_mb": 2100})
     text = report.targets_markdown(benchmark, 7.5 * 60, tmp_path / "runtime")
     assert "trains in 7.5 min (target ≤ 8 min): met" in text
+    with_floor = report.targets_markdown(benchmark, 9 * 60, tmp_path / "runtime", 6.25 * 60)
+    assert "trains in 9.0 min (target ≤ 8 min; its compute floor, the softmax and network " \
+        "training products alone at the measured throughput, is 6.2 min): **not met**" \
+        in with_floor
     assert "5.0× the tutorial loop (target ≥ 15×): **not met**" in text
     assert "1.9× the compute floor (target ≤ 2×): met" in text
     assert "at most 2100 MB (03_mlp; target ≤ 2048 MB): **not met**" in text
@@ -176,6 +180,19 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
         "once in 2 processes (this one and workers) of 1 thread: 1.3×" in table
     assert "mlp, two runs at once: 6.0× the tutorial loop: **not met**; 1.56× the compute " \
         "floor: met" in text
+
+
+def test_faithful_floor_counts_every_training_image_epoch_and_seed():
+    benchmark = {"n_train": 100, "matmul_gflops": 50.0,
+                 "models": {"softmax": {"epoch_gflop": 1.0}, "mlp": {"epoch_gflop": 9.0}}}
+    data = {"class_counts": [
+        {"task": task, "split": split, "total": total}
+        for task, split, total in [("even", "train", 90), ("even", "val", 10),
+                                   ("even", "test", 999), ("odd", "train", 180),
+                                   ("odd", "val", 20), ("full", "train", 999)]]}
+    # (1 + 9) GFLOP per 100 images, 300 images, 4 epochs, 2 seeds, at 50 GFLOP/s
+    seconds = report.faithful_floor_seconds(benchmark, data, {"epochs": 4, "seeds": [0, 1]})
+    assert seconds == pytest.approx(0.1 * 300 * 4 * 2 / 50)
 
 
 def test_training_time_is_the_wall_time_of_runs_trained_at_once(tmp_path):

@@ -424,8 +424,22 @@ def benchmark_markdown(benchmark: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def faithful_floor_seconds(benchmark: dict, data: dict, study_config: dict) -> float:
+    """A lower bound on the faithful study's training time: the FLOPs of its softmax and
+    network epochs (per training image, as the benchmark counted them) over every image,
+    epoch and seed of both tasks, at the matrix-multiply throughput the benchmark measured.
+    Per-epoch evaluation, transfer and the optimizer's passes over memory are left out."""
+    totals = {(c["task"], c["split"]): c["total"] for c in data["class_counts"]}
+    # The faithful protocol trains on each task's whole official training set.
+    images = sum(totals[task, "train"] + totals[task, "val"] for task in ("even", "odd"))
+    gflop_per_image = sum(benchmark["models"][name]["epoch_gflop"] / benchmark["n_train"]
+                          for name in ("softmax", "mlp"))
+    return (gflop_per_image * images * study_config["epochs"] * len(study_config["seeds"])
+            / benchmark["matmul_gflops"])
+
+
 def targets_markdown(benchmark: dict | None, faithful_seconds: float | None,
-                     runtime_dir: Path) -> str:
+                     runtime_dir: Path, faithful_floor: float | None = None) -> str:
     """The speed targets, each checked against the recorded numbers."""
     lines = ["Speed targets on this 2-core CPU, checked against the numbers above:\n"]
 
@@ -434,8 +448,11 @@ def targets_markdown(benchmark: dict | None, faithful_seconds: float | None,
 
     if faithful_seconds is not None:
         minutes = faithful_seconds / 60
+        floor = ("" if faithful_floor is None else
+                 f"; its compute floor, the softmax and network training products alone at "
+                 f"the measured throughput, is {faithful_floor / 60:.1f} min")
         lines.append(f"- The faithful slide-deck study trains in {minutes:.1f} min "
-                     f"(target ≤ {FAITHFUL_BUDGET_MINUTES} min): "
+                     f"(target ≤ {FAITHFUL_BUDGET_MINUTES} min{floor}): "
                      f"{check(minutes <= FAITHFUL_BUDGET_MINUTES)}.")
     if benchmark is not None:
         for name, r in benchmark["models"].items():
@@ -502,8 +519,13 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
     benchmark = read_json(benchmark_file) if benchmark_file.exists() else None
     if benchmark is not None:
         sections.append(benchmark_markdown(benchmark))
+    mlp_file = metrics_dir / "mlp.json"
+    faithful_floor = (faithful_floor_seconds(benchmark, read_json(data_file),
+                                             read_json(mlp_file)["config"])
+                      if benchmark is not None and data_file.exists() and mlp_file.exists()
+                      else None)
     sections.append(targets_markdown(benchmark, faithful_training_seconds(metrics_dir),
-                                     reports_dir / "runtime"))
+                                     reports_dir / "runtime", faithful_floor))
     md_path = reports_dir / "results.md"
     write_text(md_path, "\n".join(sections))
     return csv_path, md_path
