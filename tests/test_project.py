@@ -77,3 +77,29 @@ def test_conda_lock_matches_uv_lock():
     assert not stale, f"requirements-lock.txt is stale; run `make lock`: {stale}"
     for name in ("torch", "torchvision", "dvc", "papermill", "jupyterlab"):
         assert name in pins
+
+
+def _root_seen_from(cwd, **env):
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k != "MNIST_TL_ROOT"} | env
+    code = "from mnist_tl import config; print(config.PROJECT_ROOT)"
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_project_root_is_the_checkout_the_work_runs_in(tmp_path):
+    """A copy of the repository (as `dvc exp run --temp` makes) receives its stages'
+    outputs, not the checkout the package is installed from."""
+    copy = tmp_path / "copy"
+    (copy / "src" / "mnist_tl").mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    (copy / "notebooks").mkdir()
+    assert _root_seen_from(copy) == str(copy.resolve())
+    assert _root_seen_from(copy / "notebooks") == str(copy.resolve())  # papermill's cwd
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert _root_seen_from(elsewhere) == str(config.PROJECT_ROOT)
+    assert _root_seen_from(copy, MNIST_TL_ROOT=str(elsewhere)) == str(elsewhere.resolve())

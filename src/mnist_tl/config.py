@@ -2,7 +2,8 @@
 
 Every path the package writes to is derived from :data:`PROJECT_ROOT`, so
 notebooks, the pipeline and tests agree no matter which directory they run in.
-Set ``MNIST_TL_ROOT`` to point the package at another checkout.
+The root is ``MNIST_TL_ROOT`` if set, else the checkout that contains the working
+directory, else the checkout the package is installed from.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ from typing import Any
 import yaml
 
 
+def _is_checkout(folder: Path) -> bool:
+    return (folder / "dvc.yaml").is_file() and (folder / "src" / "mnist_tl").is_dir()
+
+
 def _find_root() -> Path:
     if env := os.environ.get("MNIST_TL_ROOT"):
         return Path(env).resolve()
+    # `dvc exp run --temp` and queued experiments run the stages in a copy of the
+    # repository, with the package still installed from the original checkout: the
+    # copy must receive their outputs.
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if _is_checkout(folder):
+            return folder
     # src/mnist_tl/config.py -> project root (editable install, the supported way)
     return Path(__file__).resolve().parents[2]
 
