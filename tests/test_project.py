@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 import tomllib
 
 import nbformat
@@ -80,10 +83,6 @@ def test_conda_lock_matches_uv_lock():
 
 
 def _root_seen_from(cwd, **env):
-    import os
-    import subprocess
-    import sys
-
     environment = {k: v for k, v in os.environ.items() if k != "MNIST_TL_ROOT"} | env
     code = "from mnist_tl import config; print(config.PROJECT_ROOT)"
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment,

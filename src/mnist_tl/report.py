@@ -509,8 +509,9 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
     sections += [assignment_section] if assignment_section else []
     sections += ["## All result rows\n", results_markdown(table)]
     data_file = metrics_dir / "data.json"
-    if data_file.exists():
-        sections += ["## Data\n", data_markdown(read_json(data_file))]
+    data = read_json(data_file) if data_file.exists() else None
+    if data is not None:
+        sections += ["## Data\n", data_markdown(data)]
     sections += ["## Runtime (last `dvc repro` of each stage)\n",
                  runtime_markdown(reports_dir / "runtime")]
     training_time = training_time_markdown(metrics_dir)
@@ -520,9 +521,8 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
     if benchmark is not None:
         sections.append(benchmark_markdown(benchmark))
     mlp_file = metrics_dir / "mlp.json"
-    faithful_floor = (faithful_floor_seconds(benchmark, read_json(data_file),
-                                             read_json(mlp_file)["config"])
-                      if benchmark is not None and data_file.exists() and mlp_file.exists()
+    faithful_floor = (faithful_floor_seconds(benchmark, data, read_json(mlp_file)["config"])
+                      if benchmark is not None and data is not None and mlp_file.exists()
                       else None)
     sections.append(targets_markdown(benchmark, faithful_training_seconds(metrics_dir),
                                      reports_dir / "runtime", faithful_floor))
