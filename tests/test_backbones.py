@@ -64,16 +64,16 @@ def test_unknown_backbone_is_rejected():
 # ------------------------------------------------------------- freezing, feature cache
 
 
-def tiny_splits(n: int = 40, classes=tuple(range(10)), seed: int = 0) -> study.ImageSplits:
+def tiny_splits(n: int = 40, seed: int = 0) -> dataset.TaskData:
     g = torch.Generator().manual_seed(seed)
 
     def part(k):
-        y = torch.arange(k) % len(classes)
+        y = torch.arange(k) % 10
         x = torch.randint(0, 60, (k, 28, 28), dtype=torch.uint8, generator=g)
         x[torch.arange(k), 2 + 2 * y] = 255  # a bright row per class
         return x, y
 
-    return study.ImageSplits(tuple(classes), *part(n), *part(20), *part(20))
+    return dataset.TaskData("full", tuple(range(10)), "index", *part(n), *part(20), *part(20))
 
 
 TINY = dict(input_sizes=[32], head_epochs=2, head_batch_size=16, pretrain_epochs=1,

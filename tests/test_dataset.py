@@ -213,6 +213,40 @@ def test_zero_val_fraction_gives_empty_validation(tiny_arrays):
     assert len(data.x_val) == 0 and len(data.x_train) == 150
 
 
+def test_train_subset_is_a_stratified_seeded_part_of_the_training_split(tiny_arrays):
+    whole = dataset.load_task("even", val_fraction=0.2, seed=1, arrays=tiny_arrays)
+    part = dataset.load_task("even", val_fraction=0.2, seed=1, arrays=tiny_arrays,
+                             train_subset=60)
+    assert torch.equal(part.x_val, whole.x_val) and torch.equal(part.x_test, whole.x_test)
+    assert torch.bincount(part.y_train, minlength=10)[list(part.classes)].tolist() == [12] * 5
+    # Every kept image is a training image, in the training split's order.
+    flat = whole.x_train.reshape(len(whole.x_train), -1)
+    rows = [int((flat == x.reshape(-1)).all(1).nonzero()[0, 0]) for x in part.x_train]
+    assert rows == sorted(rows)
+    assert torch.equal(whole.y_train[rows], part.y_train)
+    again = dataset.load_task("even", val_fraction=0.2, seed=1, arrays=tiny_arrays,
+                              train_subset=60)
+    other_seed = dataset.load_task("even", val_fraction=0.2, seed=2, arrays=tiny_arrays,
+                                   train_subset=60)
+    assert torch.equal(again.x_train, part.x_train)
+    assert not torch.equal(other_seed.x_train, part.x_train)
+    # The same images whichever labels the heads use.
+    index = dataset.load_task("even", val_fraction=0.2, seed=1, arrays=tiny_arrays,
+                              train_subset=60, label_mode="index")
+    assert torch.equal(index.x_train, part.x_train)
+    # 0 or at least the whole split: everything.
+    for size in (0, len(whole.y_train)):
+        kept = dataset.load_task("even", val_fraction=0.2, seed=1, arrays=tiny_arrays,
+                                 train_subset=size)
+        assert torch.equal(kept.x_train, whole.x_train)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "10"])
+def test_bad_train_subset_is_rejected(tiny_arrays, bad):
+    with pytest.raises(ValueError, match="train_subset must be an integer >= 0"):
+        dataset.load_task("even", train_subset=bad, arrays=tiny_arrays)
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
 def test_bad_val_fraction_is_rejected(tiny_arrays, bad):
     with pytest.raises(ValueError, match="val_fraction must be in"):

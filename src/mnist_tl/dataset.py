@@ -396,18 +396,27 @@ def load_task(
     seed: int = 0,
     label_mode: str = "digit",
     arrays: Arrays | None = None,
+    train_subset: int = 0,
 ) -> TaskData:
     """Splits of one task: ``full`` (0-9), ``even`` (0,2,4,6,8) or ``odd`` (1,3,5,7,9).
 
     ``label_mode="digit"`` keeps the digits as labels (10-way heads);
-    ``"index"`` remaps them to 0..K-1.
+    ``"index"`` remaps them to 0..K-1. ``train_subset > 0`` keeps a stratified, seeded
+    subset of that many training images (smoke runs); validation and test stay whole.
     """
     classes = task_classes(task)
     check_val_fraction(val_fraction)
     if label_mode not in LABEL_MODES:
         raise ValueError(f"Unknown label_mode {label_mode!r}; choose one of {LABEL_MODES}.")
+    if not isinstance(train_subset, int) or train_subset < 0:
+        raise ValueError(f"train_subset must be an integer >= 0 (0: all), got {train_subset!r}.")
     arrays = arrays or load_arrays()
     train_idx, val_idx = split_indices(arrays.train_labels, task, val_fraction, seed)
+    if 0 < train_subset < len(train_idx):
+        keep, _ = train_test_split(np.arange(len(train_idx)), train_size=train_subset,
+                                   stratify=np.asarray(arrays.train_labels)[train_idx],
+                                   random_state=seed)
+        train_idx = train_idx[np.sort(keep)]
     test_idx = np.flatnonzero(np.isin(arrays.test_labels.numpy(), classes))
 
     def take(images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray):

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
-from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -148,37 +147,12 @@ def parse_sizes(value: int | str | Sequence[int]) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------ data
 
 
-@dataclass(frozen=True)
-class ImageSplits:
-    """uint8 images ``(N, 28, 28)`` and labels of one task; ``classes`` in label order."""
-
-    classes: tuple[int, ...]
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def _stratified_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int):
-    if not 0 < size < len(y):
-        return x, y
-    keep, _ = train_test_split(np.arange(len(y)), train_size=size, stratify=y.numpy(),
-                               random_state=seed)
-    keep = torch.from_numpy(np.sort(keep))
-    return x[keep], y[keep]
-
-
 def image_splits(task: str, config: StudyConfig, arrays: dataset.Arrays, *,
-                 subset: int = 0) -> ImageSplits:
+                 subset: int = 0) -> dataset.TaskData:
     """Train (optionally a stratified subset) / validation / test images of ``task``,
     labels 0..K-1 in the order of the task's classes (digits for the full task)."""
-    data = dataset.load_task(task, val_fraction=config.val_fraction, seed=config.split_seed,
-                             label_mode="index", arrays=arrays)
-    x_train, y_train = _stratified_subset(data.x_train, data.y_train, subset, config.split_seed)
-    return ImageSplits(data.classes, x_train, y_train, data.x_val, data.y_val,
-                       data.x_test, data.y_test)
+    return dataset.load_task(task, val_fraction=config.val_fraction, seed=config.split_seed,
+                             label_mode="index", arrays=arrays, train_subset=subset)
 
 
 # ------------------------------------------------------------------- whole networks
@@ -207,7 +181,7 @@ def evaluate_network(network: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return loss / max(len(y), 1), torch.cat(predictions)
 
 
-def train_network(network: nn.Module, splits: ImageSplits, train: TrainConfig, seed: int, *,
+def train_network(network: nn.Module, splits: dataset.TaskData, train: TrainConfig, seed: int, *,
                   device: str = "auto", progress: bool = True, desc: str = "train") -> History:
     """Train a whole network on images: Adam, early stopping on validation loss with the
     best weights restored. Inputs stay uint8 tensors in memory; the network's input
@@ -300,7 +274,7 @@ def random_base(config: StudyConfig) -> Base:
     return _base("random", config.backbone, trunk, f"random initialisation, seed {seed}")
 
 
-def pretrain_base(name: str, config: StudyConfig, splits: ImageSplits, *,
+def pretrain_base(name: str, config: StudyConfig, splits: dataset.TaskData, *,
                   progress: bool = True) -> Base:
     """Train the architecture with a linear top on ``splits`` (Fashion-MNIST or one
     parity), keep the best epoch by validation loss, remove the top, freeze."""
@@ -321,7 +295,7 @@ def pretrain_base(name: str, config: StudyConfig, splits: ImageSplits, *,
                  source_task=task)
 
 
-def fashion_splits(config: StudyConfig, arrays: dataset.Arrays) -> ImageSplits:
+def fashion_splits(config: StudyConfig, arrays: dataset.Arrays) -> dataset.TaskData:
     """Fashion-MNIST with the same validation fraction and seed as MNIST."""
     return image_splits("full", config, arrays, subset=config.pretrain_subset)
 
@@ -385,7 +359,7 @@ class HeadRun:
         }
 
 
-def base_features(base: Base, input_size: int, splits: ImageSplits, config: StudyConfig, *,
+def base_features(base: Base, input_size: int, splits: dataset.TaskData, config: StudyConfig, *,
                   cache_dir: Path = paths.FEATURES_DIR, progress: bool = True
                   ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Features of every split through the frozen base at ``input_size``, cached."""
@@ -404,7 +378,7 @@ def base_features(base: Base, input_size: int, splits: ImageSplits, config: Stud
     return features, record
 
 
-def train_heads(base: Base, input_size: int, task: str, splits: ImageSplits,
+def train_heads(base: Base, input_size: int, task: str, splits: dataset.TaskData,
                 config: StudyConfig, *, cache_dir: Path = paths.FEATURES_DIR,
                 progress: bool = True) -> HeadRun:
     """One head per seed on the base's cached features, all seeds at once."""
@@ -425,7 +399,7 @@ def train_heads(base: Base, input_size: int, task: str, splits: ImageSplits,
                    classes[splits.y_test], predictions, seconds, record)
 
 
-def train_scratch(splits: ImageSplits, config: StudyConfig, *, progress: bool = True
+def train_scratch(splits: dataset.TaskData, config: StudyConfig, *, progress: bool = True
                   ) -> HeadRun:
     """The same architecture and head trained end to end from a random initialisation."""
     histories, predictions, seconds = [], [], 0.0

@@ -25,7 +25,7 @@ import pandas as pd
 from mnist_tl import config
 from mnist_tl.io import read_json, write_text
 from mnist_tl.pretrained import ASSIGNMENT_ACCURACY
-from mnist_tl.slide_deck import DECK_ACCURACY, TASK_TITLES
+from mnist_tl.slide_deck import DECK_ACCURACY, PROTOCOLS, TASK_TITLES
 
 RESULT_COLUMNS = [
     "study", "protocol", "model", "task", "metric", "mean", "std", "ci95_low", "ci95_high",
@@ -430,8 +430,9 @@ def faithful_floor_seconds(benchmark: dict, data: dict, study_config: dict) -> f
     epoch and seed of both tasks, at the matrix-multiply throughput the benchmark measured.
     Per-epoch evaluation, transfer and the optimizer's passes over memory are left out."""
     totals = {(c["task"], c["split"]): c["total"] for c in data["class_counts"]}
-    # The faithful protocol trains on each task's whole official training set.
-    images = sum(totals[task, "train"] + totals[task, "val"] for task in ("even", "odd"))
+    # data.json counts the validation split; a protocol without one trains on it too.
+    splits = ("train",) if PROTOCOLS["faithful"].validation else ("train", "val")
+    images = sum(totals[task, split] for task in ("even", "odd") for split in splits)
     gflop_per_image = sum(benchmark["models"][name]["epoch_gflop"] / benchmark["n_train"]
                           for name in ("softmax", "mlp"))
     return (gflop_per_image * images * study_config["epochs"] * len(study_config["seeds"])

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from mnist_tl import dataset, evaluate
@@ -215,16 +214,11 @@ def task_splits(task: str, protocol: Protocol, config: StudyConfig,
     data = dataset.load_task(
         task, val_fraction=config.val_fraction if protocol.validation else 0.0,
         seed=config.split_seed, label_mode="digit", arrays=arrays,
+        train_subset=config.train_subset,
     )
-    x_train, y_train = data.x_train, data.y_train
-    if 0 < config.train_subset < len(y_train):
-        keep, _ = train_test_split(np.arange(len(y_train)), train_size=config.train_subset,
-                                   stratify=y_train.numpy(), random_state=config.split_seed)
-        keep = torch.from_numpy(np.sort(keep))
-        x_train, y_train = x_train[keep], y_train[keep]
     x_eval, y_eval = (data.x_val, data.y_val) if protocol.validation else (data.x_test,
                                                                           data.y_test)
-    return Splits(_pixels(x_train), y_train, _pixels(x_eval), y_eval,
+    return Splits(_pixels(data.x_train), data.y_train, _pixels(x_eval), y_eval,
                   "val" if protocol.validation else "test", _pixels(data.x_test), data.y_test)
 
 
