@@ -193,6 +193,10 @@ def test_faithful_floor_counts_every_training_image_epoch_and_seed():
     # (1 + 9) GFLOP per 100 images, 300 images, 4 epochs, 2 seeds, at 50 GFLOP/s
     seconds = report.faithful_floor_seconds(benchmark, data, {"epochs": 4, "seeds": [0, 1]})
     assert seconds == pytest.approx(0.1 * 300 * 4 * 2 / 50)
+    # A bfloat16 study is bounded by the bfloat16 throughput.
+    bf16 = report.faithful_floor_seconds({**benchmark, "matmul_gflops_bf16": 200.0}, data,
+                                         {"epochs": 4, "seeds": [0, 1], "precision": "bf16"})
+    assert bf16 == pytest.approx(0.1 * 300 * 4 * 2 / 200)
 
 
 def test_training_time_is_the_wall_time_of_runs_trained_at_once(tmp_path):

@@ -427,16 +427,19 @@ def benchmark_markdown(benchmark: dict) -> str:
 def faithful_floor_seconds(benchmark: dict, data: dict, study_config: dict) -> float:
     """A lower bound on the faithful study's training time: the FLOPs of its softmax and
     network epochs (per training image, as the benchmark counted them) over every image,
-    epoch and seed of both tasks, at the matrix-multiply throughput the benchmark measured.
-    Per-epoch evaluation, transfer and the optimizer's passes over memory are left out."""
+    epoch and seed of both tasks, at the matrix-multiply throughput the benchmark measured
+    in the study's precision. Per-epoch evaluation, transfer and the optimizer's passes
+    over memory are left out."""
     totals = {(c["task"], c["split"]): c["total"] for c in data["class_counts"]}
     # data.json counts the validation split; a protocol without one trains on it too.
     splits = ("train",) if PROTOCOLS["faithful"].validation else ("train", "val")
     images = sum(totals[task, split] for task in ("even", "odd") for split in splits)
     gflop_per_image = sum(benchmark["models"][name]["epoch_gflop"] / benchmark["n_train"]
                           for name in ("softmax", "mlp"))
+    throughput = benchmark["matmul_gflops_bf16" if study_config.get("precision") == "bf16"
+                           else "matmul_gflops"]
     return (gflop_per_image * images * study_config["epochs"] * len(study_config["seeds"])
-            / benchmark["matmul_gflops"])
+            / throughput)
 
 
 def targets_markdown(benchmark: dict | None, faithful_seconds: float | None,
