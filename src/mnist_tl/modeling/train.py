@@ -1,20 +1,34 @@
 """Training: several seeds at once, each exactly as if trained alone.
 
-:func:`fit` takes one initialised model per seed and trains them together as
-one stacked model (batched matrix products over the seeds): every seed
-keeps its own initialisation, its own shuffling (a generator seeded by the
-seed) and its own optimizer state, and the seeds' losses are summed, so each
-seed's gradient is its own. SGD and Adam are element-wise, hence per seed.
-The batched matrix products make the CPU run close to its matrix-multiply
-throughput where one small model at a time would not.
+:func:`fit` takes one initialised model per seed and trains them as stacked
+tensors: every seed keeps its own initialisation, its own shuffling and dropout
+masks (generators seeded by the seed) and its own optimizer state, and the
+seeds' losses are summed, so each seed's gradient is its own. A seed's numbers
+do not depend on which seeds train beside it (the tests check it), so how many
+train together is a matter of speed alone (:func:`seeds_at_once`).
+
+Where the time goes, measured on 2 CPU cores (``benchmarks/bench_training.py``):
+
+- a large layer (the network's 784 x 500) is one matrix product per model
+  (``torch.mm`` runs a batch-64 product at 90-95 % of the machine's matrix
+  throughput; ``torch.bmm`` over the stacked seeds at 65-75 %); small layers
+  are one batched product for all seeds;
+- the weights and optimizer state of the seeds that train together should stay
+  in the CPU's caches: models with large layers train one seed at a time, small
+  ones (softmax regression) all seeds together, where per-step overheads dominate;
+- SGD with momentum writes the weight gradient's product straight into the
+  momentum buffer (``buf = momentum * buf + x^T g``, one GEMM with ``beta``)
+  and then updates the weights as ``torch.optim.SGD`` does: one pass over the
+  largest tensors fewer than the textbook ``backward(); optimizer.step()``.
+  The buffer's rounding differs from torch's in the last bits: equal to the
+  textbook loop within float tolerance (the tests check it), not bit for bit.
+  Adam is ``torch.optim.Adam``.
 
 The models are chains of Linear, ReLU and Dropout layers, so the backward
-pass is written out (three batched products per layer, a mask per ReLU and
-dropout) instead of recorded by autograd: the same gradients (the tests compare
-them), no graph, and products whose precision we choose. In float32 it is no
-measurably faster than autograd; it is what lets ``precision="bf16"`` (opt-in)
-run the products in bfloat16 with float32 weights, optimizer and loss; the
-tests and the benchmark show its effect.
+pass is written out (three products per layer, a mask per ReLU and dropout)
+instead of recorded by autograd: the same gradients (the tests compare them),
+no graph, and products whose precision we choose: ``precision="bf16"`` (opt-in)
+runs them in bfloat16 with float32 weights, optimizer and loss.
 
 Early stopping is per seed: a seed stops ``patience`` epochs after its best
 validation loss, its history ends there, and its best weights are restored.
@@ -34,6 +48,7 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +61,11 @@ from mnist_tl.io import atomic_path
 
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
+# Seeds train together while their weights and optimizer state fit in this many bytes.
+CACHE_BYTES = 2 << 20
+# MKL rounds a product with an output dimension below this differently with one thread and
+# with several (measured); such products, tiny anyway, run on one thread.
+NARROW = 16
 
 
 @dataclass(frozen=True)
@@ -107,15 +127,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _make_optimizer(config: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    # foreach: one call per step for all tensors. (The fused kernels are faster still, but
-    # their vector loops round a tensor's tail differently, so a seed's result would
-    # depend on how many seeds are stacked with it.)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, foreach=True)
-    return torch.optim.Adam(params, lr=config.lr, foreach=True)
-
-
 def linear_chain(module: nn.Module) -> list[nn.Module]:
     """``module`` as the sequence of layers its forward pass applies.
 
@@ -134,26 +145,41 @@ def linear_chain(module: nn.Module) -> list[nn.Module]:
                     "ReLU, Dropout, Identity, nn.Sequential of them, SoftmaxRegression, MLP")
 
 
+def seeds_at_once(model: nn.Module, optimizer: str = "sgd") -> int:
+    """How many seeds of ``model`` train together: as many as keep their trainable
+    weights and optimizer state (momentum; Adam's two moments and the gradient)
+    within :data:`CACHE_BYTES`, at least one."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    copies = 2 if optimizer == "sgd" else 4
+    return max(1, CACHE_BYTES // max(1, trainable * 4 * copies))
+
+
 @dataclass
 class _Layer:
     kind: str  # "linear", "relu" or "dropout"
-    weight: torch.Tensor | None = None  # (S, in, out)
-    bias: torch.Tensor | None = None  # (S, 1, out)
+    weight: torch.Tensor | None = None  # (S, out, in), as nn.Linear stores it
+    bias: torch.Tensor | None = None  # (S, out, 1)
     trainable: bool = False
     p: float = 0.0  # dropout probability
+    momentum: tuple[torch.Tensor, torch.Tensor] | None = None  # SGD: (weight, bias) buffers
 
 
 class _Stacked:
     """S models of one linear-chain architecture as stacked tensors.
 
-    Each Linear layer becomes a weight ``(S, in, out)`` (transposed, so both
-    the forward product and the weight gradient are plain batched GEMMs with
-    no copies) and a bias ``(S, 1, out)``. The tensors carry no autograd
-    graph: :meth:`loss_and_gradients` writes each trainable tensor's ``.grad``.
+    Each Linear layer becomes a weight ``(S, out, in)`` and a bias ``(S, out, 1)``.
+    Activations are feature-major, ``(S, features, batch)``: a layer is
+    ``W @ h + b``, and its weight gradient ``g @ h^T``. For a narrow layer (10
+    outputs) MKL runs these products 3-4 times faster than the batch-major
+    ``h @ W^T`` (measured); for wide ones the two are equal. The tensors carry no
+    autograd graph: :meth:`loss_and_gradients` writes each trainable tensor's
+    gradient into its ``.grad``, or, with ``momentum`` (SGD), into its momentum
+    buffer.
     """
 
     def __init__(self, models: Sequence[nn.Module], device: torch.device,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", *, seeds: Sequence[int] | None = None,
+                 momentum: float | None = None):
         self.models = list(models)
         self.chains = [linear_chain(m) for m in self.models]
         shapes = {
@@ -166,8 +192,8 @@ class _Stacked:
         self.layers: list[_Layer] = []
         for position, layer in enumerate(self.chains[0]):
             if isinstance(layer, nn.Linear):
-                weight = torch.stack([c[position].weight.detach().t() for c in self.chains])
-                bias = torch.stack([c[position].bias.detach() for c in self.chains])[:, None]
+                weight = torch.stack([c[position].weight.detach() for c in self.chains])
+                bias = torch.stack([c[position].bias.detach() for c in self.chains])[..., None]
                 self.layers.append(_Layer("linear", weight.contiguous().to(device),
                                           bias.contiguous().to(device),
                                           trainable=layer.weight.requires_grad))
@@ -175,67 +201,140 @@ class _Stacked:
                 self.layers.append(_Layer("relu"))
             elif isinstance(layer, nn.Dropout):
                 self.layers.append(_Layer("dropout", p=layer.p))
-        self.trainable = [t for layer in self.layers if layer.trainable
-                          for t in (layer.weight, layer.bias)]
-        if not self.trainable:
+        trainable = [layer for layer in self.layers if layer.trainable]
+        if not trainable:
             raise ValueError("nothing to train: every parameter of the model is frozen")
+        self.trainable = [t for layer in trainable for t in (layer.weight, layer.bias)]
+        self.momentum = momentum
+        if momentum is not None:
+            for layer in trainable:
+                layer.momentum = (torch.zeros_like(layer.weight), torch.zeros_like(layer.bias))
         # The input gradient of a layer is needed only if a trainable layer comes before it.
         first = next(i for i, layer in enumerate(self.layers) if layer.trainable)
         self.needs_input_grad = [i > first for i in range(len(self.layers))]
         self.low = torch.bfloat16 if precision == "bf16" else None
+        # On the CPU, one product per model: faster than torch.bmm for the large layers,
+        # and a model's numbers then cannot depend on how many train beside it (bmm's
+        # rounding does, for some shapes). On a GPU, batched products.
+        self.per_model = device.type == "cpu"
+        self.threads = torch.get_num_threads()
+        # Dropout masks: one generator per model, seeded by its seed, on the CPU (as the
+        # global generator that nn.Dropout draws from in the textbook loop).
+        seeds = range(len(self.models)) if seeds is None else seeds
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.training = True
 
+    @property
+    def buffers(self) -> list[torch.Tensor]:
+        """The momentum buffers, in the order of :attr:`trainable`."""
+        return [b for layer in self.layers if layer.trainable for b in layer.momentum]
+
+    @contextmanager
+    def _threads_for(self, rows: int, columns: int):
+        """One thread for a narrow product on the CPU (see :data:`NARROW`), so that its
+        rounding is the same in a single-threaded worker process and here."""
+        narrow = self.per_model and self.threads > 1 and min(rows, columns) < NARROW
+        if narrow:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if narrow:
+                torch.set_num_threads(self.threads)
+
     def _product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.low is None:
-            return torch.bmm(a, b)
-        return torch.bmm(a.to(self.low), b.to(self.low)).float()
+        """``a @ b`` for each model: ``(S, m, k) @ (S, k, n)``, in float32."""
+        if self.low is not None:
+            a, b = a.to(self.low), b.to(self.low)
+        if not self.per_model:
+            return torch.bmm(a, b).float()
+        out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+        with self._threads_for(a.shape[1], b.shape[2]):
+            for i in range(a.shape[0]):
+                torch.mm(a[i], b[i], out=out[i])
+        return out.float()
 
-    def forward(self, x: torch.Tensor, per_model: bool, saved: list | None = None) -> torch.Tensor:
-        """Logits ``(S, B, C)`` for inputs ``(S, B, D)`` or, shared, ``(B, D)``.
+    def _linear(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
+        """``W @ h + b`` for each model."""
+        if self.low is not None:
+            return self._product(layer.weight, h).add_(layer.bias)
+        if not self.per_model:
+            return torch.baddbmm(layer.bias, layer.weight, h)
+        out = h.new_empty(h.shape[0], layer.weight.shape[1], h.shape[2])
+        with self._threads_for(out.shape[1], out.shape[2]):
+            for i in range(h.shape[0]):
+                torch.addmm(layer.bias[i], layer.weight[i], h[i], out=out[i])
+        return out
 
-        With ``saved``, appends what the backward pass needs, one entry per layer.
-        """
-        h = x if per_model else x.expand(len(self.models), *x.shape)
+    def _weight_gradient(self, layer: _Layer, keep: torch.Tensor, grad: torch.Tensor) -> None:
+        """``grad @ keep^T`` into the weight's ``.grad`` or, with momentum, its buffer
+        (``buf = momentum * buf + grad @ keep^T``); the bias's likewise."""
+        bias_grad = grad.sum(2, keepdim=True)
+        if layer.momentum is None:
+            layer.weight.grad = self._product(grad, keep.transpose(1, 2))
+            layer.bias.grad = bias_grad
+            return
+        weight_buf, bias_buf = layer.momentum
+        bias_buf.mul_(self.momentum).add_(bias_grad)  # as torch.optim.SGD does
+        if self.low is not None:
+            weight_buf.mul_(self.momentum).add_(self._product(grad, keep.transpose(1, 2)))
+        elif self.per_model:
+            with self._threads_for(*weight_buf.shape[1:]):
+                for i in range(grad.shape[0]):
+                    torch.addmm(weight_buf[i], grad[i], keep[i].t(), beta=self.momentum,
+                                out=weight_buf[i])
+        else:
+            torch.baddbmm(weight_buf, grad, keep.transpose(1, 2), beta=self.momentum,
+                          out=weight_buf)
+
+    def _forward(self, x: torch.Tensor, per_model: bool, saved: list | None) -> torch.Tensor:
+        """Logits ``(S, C, B)`` (feature-major); ``saved`` gets what backward needs."""
+        h = (x if per_model else x.expand(len(self.models), *x.shape)).transpose(1, 2)
         for layer in self.layers:
             keep = None
             if layer.kind == "linear":
-                if self.low is None:
-                    keep = h
-                    h = torch.baddbmm(layer.bias, h, layer.weight)
-                else:  # the input is kept in bfloat16: the weight gradient's product reuses it
-                    keep = h.to(self.low)
-                    h = self._product(keep, layer.weight).add_(layer.bias)
+                # bf16 keeps the input in bfloat16: the weight gradient's product reuses it
+                keep = h if self.low is None else h.to(self.low)
+                h = self._linear(layer, keep)
             elif layer.kind == "relu":
                 h = keep = torch.relu(h)
             elif layer.p and self.training:
-                # As F.dropout draws it: Bernoulli(1 - p) noise scaled by 1 / (1 - p).
-                keep = torch.empty_like(h).bernoulli_(1 - layer.p).div_(1 - layer.p)
+                # As F.dropout draws it for a (B, F) batch: Bernoulli(1 - p), scaled by
+                # 1 / (1 - p); then feature-major like the activations.
+                keep = h.new_empty(h.shape[0], h.shape[2], h.shape[1])
+                for mask, generator in zip(keep, self.generators, strict=True):
+                    mask.bernoulli_(1 - layer.p, generator=generator)
+                keep = keep.div_(1 - layer.p).transpose(1, 2)
                 h = h * keep
             if saved is not None:
                 saved.append(keep)
         return h
 
+    def forward(self, x: torch.Tensor, per_model: bool) -> torch.Tensor:
+        """Logits ``(S, B, C)`` for inputs ``(S, B, D)`` or, shared, ``(B, D)``."""
+        return self._forward(x, per_model, None).transpose(1, 2)
+
     __call__ = forward
 
     def loss_and_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Each model's mean cross-entropy on its batch ``(S, B, D)``, ``(S, B)``;
-        sets ``.grad`` of every trainable tensor to that loss's gradient."""
+        """Each model's mean cross-entropy on its batch ``(S, B, D)``, ``(S, B)``; writes
+        every trainable tensor's gradient of that loss (see the class docstring)."""
         saved: list = []
-        log_probs = torch.log_softmax(self.forward(x, per_model=True, saved=saved), dim=-1)
-        picked = log_probs.gather(-1, y[..., None])
-        loss = -picked.squeeze(-1).mean(1)
+        log_probs = torch.log_softmax(self._forward(x, True, saved), dim=1)
+        target = y[:, None, :]
+        picked = log_probs.gather(1, target)
+        loss = -picked.squeeze(1).mean(1)
         # d(mean CE)/d logits = (softmax - one_hot) / B
-        grad = log_probs.exp_().scatter_add_(-1, y[..., None], torch.full_like(picked, -1.0))
+        grad = log_probs.exp_().scatter_add_(1, target, torch.full_like(picked, -1.0))
         grad.div_(y.shape[1])
         for i in reversed(range(len(self.layers))):
             layer, keep = self.layers[i], saved[i]
             if layer.kind == "linear":
                 if layer.trainable:
-                    layer.weight.grad = self._product(keep.transpose(1, 2), grad)
-                    layer.bias.grad = grad.sum(1, keepdim=True)
+                    self._weight_gradient(layer, keep, grad)
                 if not self.needs_input_grad[i]:
                     break
-                grad = self._product(grad, layer.weight.transpose(1, 2))
+                grad = self._product(layer.weight.transpose(1, 2), grad)
             elif layer.kind == "relu":
                 grad = torch.ops.aten.threshold_backward(grad, keep, 0.0)  # autograd's own
             elif keep is not None:
@@ -249,8 +348,27 @@ class _Stacked:
             modules = [module for module in chain if isinstance(module, nn.Linear)]
             with torch.no_grad():
                 for module, layer in zip(modules, linear, strict=True):
-                    module.weight.copy_(layer.weight[i].t())
-                    module.bias.copy_(layer.bias[i, 0])
+                    module.weight.copy_(layer.weight[i])
+                    module.bias.copy_(layer.bias[i, :, 0])
+
+
+class _Optimizer:
+    """One step for the stacked tensors: SGD from the momentum buffers the backward pass
+    filled (``param -= lr * buf``, as torch.optim.SGD), or torch's Adam on ``.grad``."""
+
+    def __init__(self, config: TrainConfig, net: _Stacked):
+        self.net, self.lr = net, config.lr
+        # foreach: one call per step for all tensors. (The fused kernels are faster still, but
+        # their vector loops round a tensor's tail differently, so a seed's result would
+        # depend on how many seeds are stacked with it.)
+        self.adam = (torch.optim.Adam(net.trainable, lr=config.lr, foreach=True)
+                     if config.optimizer == "adam" else None)
+
+    def step(self) -> None:
+        if self.adam is not None:
+            self.adam.step()
+        else:
+            torch._foreach_add_(self.net.trainable, self.net.buffers, alpha=-self.lr)
 
 
 def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -292,6 +410,7 @@ def fit(
     device: str | torch.device = "auto",
     progress: bool = True,
     desc: str = "train",
+    together: int | None = None,
 ) -> list[History]:
     """Train ``models[i]`` with seed ``seeds[i]``, in place; return one history per seed.
 
@@ -300,23 +419,41 @@ def fit(
     with ``per_model_inputs=True`` (features cached per model).
     ``x_eval`` is watched each epoch (train loss, eval loss and accuracy); with
     ``config.early_stopping`` it is the validation set that decides stopping.
+    ``together`` seeds train at a time (default :func:`seeds_at_once`); the results
+    are the same whatever it is.
     """
     if len(models) != len(seeds) or not models:
         raise ValueError(f"need one seed per model, got {len(models)} models, {len(seeds)} seeds")
     if config.early_stopping and x_eval is None:
         raise ValueError("early stopping needs a validation set (x_eval, y_eval)")
-    n = y_train.shape[0]
-    if n == 0:
+    if y_train.shape[0] == 0:
         raise ValueError("the training set is empty")
+    together = together or seeds_at_once(models[0], config.optimizer)
     device = resolve_device(device)
-    net = _Stacked(models, device, config.precision)
-    num_models = len(models)
     x_train, y_train = x_train.to(device), y_train.to(device)
     if x_eval is not None:
         x_eval, y_eval = x_eval.to(device), y_eval.to(device)
-    optimizer = _make_optimizer(config, net.trainable)
+    histories: list[History] = []
+    with tqdm(total=len(models) * config.epochs, desc=desc, disable=not progress,
+              leave=False, unit="epoch") as bar:
+        for start in range(0, len(models), together):
+            group = slice(start, start + together)
+            histories += _fit_group(
+                models[group], x_train[group] if per_model_inputs else x_train, y_train,
+                config, seeds[group], device, bar,
+                x_eval=(x_eval[group] if per_model_inputs and x_eval is not None else x_eval),
+                y_eval=y_eval, eval_split=eval_split, per_model_inputs=per_model_inputs)
+    return histories
+
+
+def _fit_group(models, x_train, y_train, config: TrainConfig, seeds, device, bar, *,
+               x_eval, y_eval, eval_split, per_model_inputs) -> list[History]:
+    n = y_train.shape[0]
+    num_models = len(models)
+    net = _Stacked(models, device, config.precision, seeds=seeds,
+                   momentum=config.momentum if config.optimizer == "sgd" else None)
+    optimizer = _Optimizer(config, net)
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    torch.manual_seed(int(seeds[0]))  # dropout masks
     # The batches are gathered as rows of one matrix: per-model inputs (S, N, D) as the
     # rows of (S * N, D), model i's from row i * N on.
     x_source = x_train.flatten(0, 1) if per_model_inputs else x_train
@@ -328,8 +465,8 @@ def fit(
     best_epoch = torch.zeros(num_models, dtype=torch.long)
     best = [t.clone() for t in net.trainable] if config.early_stopping else []
 
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
+    start_count = bar.n
+    for epoch in range(1, config.epochs + 1):
         net.training = True
         order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
         total = torch.zeros(num_models, device=device)
@@ -352,7 +489,8 @@ def fit(
         postfix = {"train_loss": f"{train_loss[active].mean():.4f}"}
         if x_eval is not None:
             postfix[f"{eval_split}_loss"] = f"{eval_loss[active].mean():.4f}"
-        bar.set_postfix(postfix)
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(num_models)
 
         if config.early_stopping:
             improved = active & (eval_loss < best_loss)
@@ -365,7 +503,7 @@ def fit(
             active &= (epoch - best_epoch) < config.patience
             if not active.any():
                 break
-    bar.close()
+    bar.update(start_count + num_models * config.epochs - bar.n)  # epochs early stopping saved
 
     if config.early_stopping:
         for kept, current in zip(best, net.trainable, strict=True):
