@@ -18,6 +18,7 @@ from mnist_tl.modeling.train import (
     fit,
     fit_frozen_features,
     load_checkpoint,
+    dropout_mask,
     save_checkpoint,
     seeds_at_once,
     train_new,
@@ -54,10 +55,27 @@ def test_training_drives_loss_down_and_beats_chance():
         assert history.epochs_run == 8 and history.best_epoch == 8
 
 
+class SameMaskDropout(torch.nn.Module):
+    """nn.Dropout drawing its masks as fit does (uniform draws below 1 - p, from a
+    generator seeded by the seed), so that the textbook loop sees the same masks."""
+
+    def __init__(self, p: float, seed: int):
+        super().__init__()
+        self.p, self.generators = p, [torch.Generator().manual_seed(seed)]
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        return x * dropout_mask(1, *x.shape, self.p, self.generators)[0]
+
+
 def reference_loop(model, x, y, config: TrainConfig, seed: int):
-    """The textbook loop (nn.Module, torch.optim, mini-batches), same shuffling
-    (and, as :func:`fit` seeds it, the same global generator for dropout)."""
-    torch.manual_seed(seed)
+    """The textbook loop (nn.Module, torch.optim, mini-batches), the same shuffling and,
+    in place of nn.Dropout, the same dropout masks."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in module.named_children():
+            if isinstance(child, torch.nn.Dropout):
+                setattr(module, child_name, SameMaskDropout(child.p, seed))
     optimizer = (torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
                  if config.optimizer == "sgd"
                  else torch.optim.Adam(model.parameters(), lr=config.lr))
