@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_tl import config, dataset, slide_deck
+from mnist_tl import config, dataset
+from mnist_tl.studies import slide_deck
 from mnist_tl.io import write_json
 from mnist_tl.modeling.models import build_model
 from mnist_tl.modeling.train import TrainConfig, fit

@@ -20,7 +20,8 @@ import argparse
 import time
 from pathlib import Path
 
-from mnist_tl import config, dataset, slide_deck
+from mnist_tl import config, dataset
+from mnist_tl.studies import slide_deck
 from mnist_tl.io import write_json
 from mnist_tl.provenance import environment
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import idx_bytes
 from mnist_tl import backbones, dataset, fashion_mnist
-from mnist_tl import pretrained as study
+from mnist_tl.studies import pretrained_backbones as study
 
 # ------------------------------------------------------------------------- adapter
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_tl import evaluate, slide_deck
+from mnist_tl import evaluate
+from mnist_tl.studies import slide_deck
 from mnist_tl.modeling.models import MODELS
 
 

@@ -24,8 +24,8 @@ import pandas as pd
 
 from mnist_tl import config
 from mnist_tl.io import read_json, write_text
-from mnist_tl.pretrained import ASSIGNMENT_ACCURACY
-from mnist_tl.slide_deck import DECK_ACCURACY, PROTOCOLS, TASK_TITLES
+from mnist_tl.studies.pretrained_backbones import ASSIGNMENT_ACCURACY
+from mnist_tl.studies.slide_deck import DECK_ACCURACY, PROTOCOLS, TASK_TITLES
 
 RESULT_COLUMNS = [
     "study", "protocol", "model", "task", "metric", "mean", "std", "ci95_low", "ci95_high",
