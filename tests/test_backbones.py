@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import idx_bytes
-from mnist_tl import backbones, dataset, fashion_mnist
+from mnist_tl import backbones, dataset, efficientnet, fashion_mnist
 from mnist_tl.studies import pretrained_backbones as study
 
 # ------------------------------------------------------------------------- adapter
@@ -76,65 +76,91 @@ def tiny_splits(n: int = 40, seed: int = 0) -> dataset.TaskData:
     return dataset.TaskData("full", tuple(range(10)), "index", *part(n), *part(20), *part(20))
 
 
-TINY = dict(input_sizes=[32], head_epochs=2, head_batch_size=16, pretrain_epochs=1,
-            pretrain_batch_size=16, device="cpu")
+TINY = dict(input_sizes=[32], feature_layers="blocks.1,blocks.2", head_epochs=2,
+            head_batch_size=16, finetune_epochs=1, scratch_epochs=1, fashion_epochs=1,
+            fashion_batch_size=16, device="cpu")
+
+
+def tiny_config(n_seeds: int = 2, **changes) -> study.StudyConfig:
+    return study.StudyConfig.from_params(n_seeds, **(TINY | changes))
 
 
 def test_head_training_leaves_the_frozen_base_bit_identical(tmp_path):
-    config = study.StudyConfig.from_counts(2, 0, **TINY)
-    base = study.random_base(config)
-    before = {k: v.clone() for k, v in base.trunk.state_dict().items()}
+    config = tiny_config()
+    _, base, _ = study.efficientnet_bases(config)
+    before = {k: v.clone() for k, v in base.network.state_dict().items()}
     assert any("running_mean" in k for k in before)  # batch-norm buffers are checked too
-    run = study.train_heads(base, 32, "full", tiny_splits(), config, cache_dir=tmp_path,
-                            progress=False)
-    after = base.trunk.state_dict()
+    runs = study.frozen_runs(base, tiny_splits(), config, cache_dir=tmp_path, progress=False)
+    after = base.network.state_dict()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key
-    assert not any(p.requires_grad for p in base.trunk.parameters())
-    assert run.predictions.shape == (2, 20)
+    assert not any(p.requires_grad for p in base.network.parameters())
+    assert [r.predictions.shape for r in runs] == [(2, 20)]
+    assert runs[0].layer == "blocks.1" and runs[0].head == "fc"
+
+
+def test_the_layer_is_chosen_on_validation_loss_never_on_test(tmp_path):
+    config = tiny_config(imagenet="off")
+    splits = tiny_splits()
+    _, base, _ = study.efficientnet_bases(config)
+    runs = study.frozen_runs(base, splits, config, layers=config.feature_layers,
+                             cache_dir=tmp_path, progress=False)
+    by_val = min(runs, key=lambda r: r.val_loss)
+    assert study.select_layer(runs) == by_val.layer
+    # make the other layer's test predictions perfect: the choice does not move
+    other = next(r for r in runs if r is not by_val)
+    other.predictions[:] = splits.y_test
+    assert study.select_layer(runs) == by_val.layer
+
+
+def tiny_features(tmp_path, images, layers=("blocks.1",), size=32, seed=0):
+    trunk = efficientnet.Trunk(efficientnet.network(seed=seed), size, layers).eval()
+    key = backbones.cache_key("efficientnet", f"seed{seed}", size, images, layers)
+    return trunk, key
 
 
 def test_cached_features_equal_features_recomputed_through_the_frozen_base(tmp_path):
-    base = backbones.freeze(backbones.build_base("resnet18", 32, seed=0))
     images = tiny_splits().x_train
-    key = backbones.cache_key("resnet18", "w", 32, images)
-    first = backbones.cached_features(base, images, key, tmp_path, progress=False)
-    second = backbones.cached_features(base, images, key, tmp_path, progress=False)
+    trunk, key = tiny_features(tmp_path, images, ("blocks.1", "blocks.2"))
+    first = backbones.cached_features(trunk, images, key, tmp_path, progress=False)
+    second = backbones.cached_features(trunk, images, key, tmp_path, progress=False)
     assert first.computed and not second.computed
     with torch.no_grad():
-        direct = base.eval()(images)
-    torch.testing.assert_close(second.features, direct)
-    assert torch.equal(first.features, second.features)
+        direct = trunk(images)
+    assert set(second.features) == {"blocks.1", "blocks.2"}
+    for layer in direct:
+        torch.testing.assert_close(second.features[layer], direct[layer])
+        assert torch.equal(first.features[layer], second.features[layer])
 
 
-@pytest.mark.parametrize("change", ["input_size", "weights", "images"])
+@pytest.mark.parametrize("change", ["input_size", "weights", "images", "layers"])
 def test_cache_recomputes_when_its_key_changes(tmp_path, change):
-    base = backbones.freeze(backbones.build_base("resnet18", 32, seed=0))
     images = tiny_splits().x_train
-    key = backbones.cache_key("resnet18", "w", 32, images)
-    backbones.cached_features(base, images, key, tmp_path, progress=False)
+    trunk, key = tiny_features(tmp_path, images)
+    backbones.cached_features(trunk, images, key, tmp_path, progress=False)
     if change == "input_size":
-        base, key = (backbones.freeze(torch.nn.Sequential(backbones.InputAdapter(64), base[1])),
-                     backbones.cache_key("resnet18", "w", 64, images))
+        trunk, key = tiny_features(tmp_path, images, size=48)
     elif change == "weights":
-        key = backbones.cache_key("resnet18", "other", 32, images)
+        trunk, key = tiny_features(tmp_path, images, seed=1)
+    elif change == "layers":
+        trunk, key = tiny_features(tmp_path, images, ("blocks.2",))
     else:
         images = images.clone()
         images[0, 0, 0] ^= 1
-        key = backbones.cache_key("resnet18", "w", 32, images)
-    again = backbones.cached_features(base, images, key, tmp_path, progress=False)
+        key = backbones.cache_key("efficientnet", "seed0", 32, images, ("blocks.1",))
+    again = backbones.cached_features(trunk, images, key, tmp_path, progress=False)
     assert again.computed
     assert len(list(tmp_path.glob("*.pt"))) == 2
 
 
 def test_damaged_cache_entry_is_recomputed(tmp_path):
-    base = backbones.freeze(backbones.build_base("resnet18", 32, seed=0))
     images = tiny_splits().x_train
-    key = backbones.cache_key("resnet18", "w", 32, images)
-    entry = backbones.cached_features(base, images, key, tmp_path, progress=False)
+    trunk, key = tiny_features(tmp_path, images)
+    entry = backbones.cached_features(trunk, images, key, tmp_path, progress=False)
     entry.path.write_bytes(b"not a torch file")
-    again = backbones.cached_features(base, images, key, tmp_path, progress=False)
-    assert again.computed and torch.equal(again.features, entry.features)
+    again = backbones.cached_features(trunk, images, key, tmp_path, progress=False)
+    assert again.computed and torch.equal(again.features["blocks.1"],
+                                          entry.features["blocks.1"])
 
 
 def test_weights_fingerprint_sees_a_single_changed_value():
@@ -143,6 +169,47 @@ def test_weights_fingerprint_sees_a_single_changed_value():
     assert backbones.state_fingerprint({k: v.clone() for k, v in state.items()}) == reference
     state["conv1.weight"][0, 0, 0, 0] += 1e-6
     assert backbones.state_fingerprint(state) != reference
+
+
+# ------------------------------------------------------ EfficientNet's ImageNet weights
+
+
+def missing_package(monkeypatch):
+    def absent():
+        raise backbones.WeightsUnavailable(
+            f"the package {efficientnet.WEIGHTS_PACKAGE} is not installed.")
+
+    monkeypatch.setattr(efficientnet, "weights_file", absent)
+
+
+def test_missing_weight_package_is_recorded_under_auto(monkeypatch):
+    missing_package(monkeypatch)
+    imagenet, random, reason = study.efficientnet_bases(tiny_config(imagenet="auto"))
+    assert imagenet is None and random.name == "random"
+    assert reason.startswith("not run:") and efficientnet.WEIGHTS_PACKAGE in reason
+    rows = study.not_run_rows(study.BASE_TITLES["imagenet"], (32, 64), reason)
+    assert [r["mean"] for r in rows] == [None, None] and rows[0]["note"] == reason
+
+
+def test_missing_weight_package_is_an_error_under_on(monkeypatch):
+    missing_package(monkeypatch)
+    with pytest.raises(backbones.WeightsUnavailable, match=efficientnet.WEIGHTS_PACKAGE):
+        study.efficientnet_bases(tiny_config(imagenet="on"))
+
+
+def test_a_tampered_weight_file_is_refused_even_under_auto(tmp_path, monkeypatch):
+    tampered = tmp_path / efficientnet.WEIGHTS_FILE
+    data = bytearray(efficientnet.weights_file().read_bytes())
+    data[-100] ^= 1
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(efficientnet, "weights_file", lambda: tampered)
+    with pytest.raises(backbones.WeightsError, match="SHA-256 mismatch"):
+        study.efficientnet_bases(tiny_config(imagenet="auto"))
+
+
+def test_imagenet_off_skips_the_imagenet_base():
+    imagenet, random, reason = study.efficientnet_bases(tiny_config(imagenet="off"))
+    assert imagenet is None and "off" in reason
 
 
 # -------------------------------------------------------------------- ImageNet weights
@@ -174,9 +241,10 @@ def test_weights_in_the_hub_cache_are_loaded(torch_home, mode):
     state = write_imagenet_checkpoint(backbones.hub_cache_path("resnet18"))
     weights, reason = backbones.resolve_imagenet(mode, "resnet18", download=False)
     assert reason is None and "torch hub cache" in weights.source
-    base = study.imagenet_base(study.StudyConfig(), weights)
+    base, reason = study.torchvision_base(study.StudyConfig(imagenet=mode), download=False)
+    assert reason is None
     expected = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    assert backbones.state_fingerprint(base.trunk.state_dict()) == \
+    assert backbones.state_fingerprint(base.network.state_dict()) == \
         backbones.state_fingerprint(expected)
 
 
@@ -225,9 +293,9 @@ def test_corrupt_weights_file_gives_a_clear_error_even_in_auto(torch_home):
 def test_weights_of_another_architecture_are_rejected(torch_home, tmp_path):
     path = tmp_path / "vgg.pth"
     write_imagenet_checkpoint(path, "vgg11_bn")
-    weights, _ = backbones.resolve_imagenet("on", "resnet18", path, download=False)
     with pytest.raises(backbones.WeightsError, match="do not fit"):
-        study.imagenet_base(study.StudyConfig(), weights)
+        study.torchvision_base(study.StudyConfig(imagenet="on", imagenet_weights_file=str(path)),
+                               download=False)
 
 
 def test_bad_imagenet_mode_is_rejected():
@@ -261,50 +329,48 @@ def test_fashion_mnist_uses_its_own_mirror_variable():
 # -------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("bad", [dict(backbone="alexnet"), dict(imagenet="yes"),
+@pytest.mark.parametrize("bad", [dict(torchvision_backbone="alexnet"), dict(imagenet="yes"),
                                  dict(input_sizes="32,x"), dict(input_sizes=[16]),
-                                 dict(head_dropout=1.0), dict(val_fraction=0.0)])
+                                 dict(feature_layers="blocks.9"), dict(finetune_from="conv_head"),
+                                 dict(head_dropout=1.0), dict(val_fraction=0.0),
+                                 dict(scratch_subset=-1)])
 def test_bad_settings_fail_before_any_computation(bad):
     with pytest.raises(ValueError):
-        study.StudyConfig.from_counts(2, 1, **bad)
+        study.StudyConfig.from_params(2, **bad)
 
 
-def test_input_sizes_as_dvc_passes_them():
+def test_settings_as_dvc_passes_them():
     assert study.parse_sizes("32,64") == (32, 64)
     assert study.parse_sizes(32) == (32,)
     assert study.parse_sizes([32, 64]) == (32, 64)
-    assert study.StudyConfig.from_counts(1, 0, imagenet_weights_file="").imagenet_weights_file \
-        is None
+    config = study.StudyConfig.from_params(1, imagenet_weights_file="",
+                                           feature_layers="blocks.4, conv_head")
+    assert config.imagenet_weights_file is None
+    assert config.feature_layers == ("blocks.4", "conv_head")
 
 
-def test_pretraining_keeps_the_best_epoch_and_end_to_end_makes_rows():
-    config = study.StudyConfig.from_counts(1, 1, **(TINY | {"pretrain_epochs": 3}))
+def test_networks_trained_end_to_end_keep_the_best_epoch_and_are_cached(tmp_path):
+    config = tiny_config(1, fashion_epochs=3)
     splits = tiny_splits(60)
-    base = study.pretrain_base("fashion", config, splits, progress=False)
+    base = study.fashion_base(config, splits, tmp_path, progress=False)
     losses = base.history.eval_loss
     assert base.history.best_epoch == 1 + int(np.argmin(losses))
-    assert not any(p.requires_grad for p in base.trunk.parameters())
-    scratch = study.train_scratch(splits, config, progress=False)
-    assert scratch.predictions.shape == (1, 20)
+    assert not any(p.requires_grad for p in base.network.parameters())
+    again = study.fashion_base(config, splits, tmp_path, progress=False)
+    assert again.weights_id == base.weights_id and len(list(tmp_path.glob("*.pt"))) == 1
+    scratch = study.scratch_run(splits, config, models_dir=tmp_path, progress=False)
+    assert scratch.predictions.shape == (1, 20) and scratch.method == "end to end"
     row = study.result_row(scratch)
     assert row["protocol"] == "end to end" and row["reference"] == study.ASSIGNMENT_ACCURACY
 
 
-def test_conclusions_are_written_from_the_numbers_and_weigh_the_spread():
-    config = study.StudyConfig.from_counts(3, 0, **TINY)
-    fashion, random = study.random_base(config), study.random_base(config)
-    fashion.name, fashion.source_accuracy = "fashion", 88.0
-    y = torch.zeros(100, dtype=torch.long)
-
-    def run(base, correct_per_seed):
-        predictions = torch.stack([(torch.arange(100) >= c).long() for c in correct_per_seed])
-        return study.HeadRun(base, f"{base.name} run", 32, "full", (0, 1, 2), [], tuple(range(10)),
-                             y, predictions, 1.0)
-
-    text = study.conclusions([run(fashion, [95, 96, 97]), run(random, [94, 96, 98])], None, [],
-                             {"fashion": fashion, "random": random}, None).data
-    assert "adds 0.00 points" in text and "within the seeds' spread" in text
-    text = study.conclusions([run(fashion, [99, 99, 99]), run(random, [90, 91, 92])], None, [],
-                             {"fashion": fashion, "random": random}, None).data
-    assert "adds 8.00 points over the random base: 99.00 % against 91.00 %." in text
-    assert "Best frozen base + head: fashion run, 99.00 % (+0.10 points" in text
+def test_fine_tuning_trains_the_top_blocks_on_the_lower_blocks_cached_output(tmp_path):
+    config = tiny_config(1, finetune_from="blocks.5")
+    _, random, _ = study.efficientnet_bases(config)
+    before = {k: v.clone() for k, v in random.network.state_dict().items()}
+    run = study.finetune_run(random, tiny_splits(), config, cache_dir=tmp_path,
+                             models_dir=tmp_path, progress=False)
+    assert run.method == "fine-tuned" and run.predictions.shape == (1, 20)
+    assert list(tmp_path.glob("efficientnet-random-lower5-*.pt"))
+    after = random.network.state_dict()  # the base itself is never changed
+    assert all(torch.equal(v, after[k]) for k, v in before.items())

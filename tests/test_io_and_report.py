@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -107,31 +108,45 @@ def _assignment(**kw):
                 reference=98.9, reference_source="assignment", note=None) | kw
 
 
-def test_assignment_section_shows_numbers_and_not_run_rows_with_the_reason(tmp_path):
-    rows = [
-        _assignment(),
-        _assignment(model="ResNet-18, ImageNet weights, frozen + head, 32 px", mean=None,
-                    std=None, ci95_low=None, ci95_high=None, n_seeds=0,
-                    note="not run: weights are not in the torch hub cache"),
-        _assignment(protocol="digit split", task="odd", reference=None,
-                    model="ResNet-18, pretrained on MNIST-Even, frozen + head, 32 px (even→odd)"),
-    ]
-    io.write_json(tmp_path / "metrics" / "pretrained.json", {"results": rows, "runs": {
-        "random_32px_full": {"model": rows[0]["model"], "train_seconds": 12.5, "features": {
-            "train": {"seconds": 30.0, "computed": True},
-            "val": {"seconds": 0.1, "computed": False}}}}})
-    io.write_json(tmp_path / "metrics" / "mlp.json", {"results": [
-        _row(protocol="corrected", model="Neural network", task="full", mean=97.7,
-             reference=None)]})
+def _run(title, accuracies, **kw):
+    from mnist_tl import evaluate
+
+    return {"title": title, "method": "frozen", "base": "imagenet", "input_size": 32,
+            "layer": "blocks.4", "head": "fc", "n_train": 54000, "train_seconds": 12.5,
+            "val_loss": 0.05, "accuracy": evaluate.summarize(accuracies),
+            "per_seed": [{"epochs_run": 9}] * len(accuracies), "details": {"features": {
+                "train": {"seconds": 30.0, "computed": True, "n_images": 54000},
+                "val": {"seconds": 0.1, "computed": False, "n_images": 6000},
+                "images_per_second": 1800.0}}} | kw
+
+
+def test_assignment_section_is_written_from_the_numbers_with_not_run_rows(tmp_path):
+    runs = {"a": _run("ImageNet, frozen + FC head, blocks.4, 32 px", [98.0, 98.2, 98.4]),
+            "b": _run("random weights, frozen + FC head, blocks.4, 32 px", [90.0, 91.0, 92.0],
+                      base="random"),
+            "c": _run("ImageNet, frozen + FC head, conv_head, 32 px", [85.0, 85.5, 86.0],
+                      layer="conv_head", val_loss=0.5)}
+    rows = [_row(study="assignment", protocol="frozen", task="full", model=r["title"],
+                 mean=r["accuracy"]["mean"], reference=98.9, reference_source="assignment",
+                 note=None) for r in runs.values()]
+    rows.append(_row(study="assignment", protocol="frozen", task="full", mean=None, std=None,
+                     ci95_low=None, ci95_high=None, n_seeds=0, reference=98.9,
+                     model="ResNet-18, ImageNet weights, frozen + FC head, 32 px",
+                     note="not run: weights are not in the torch hub cache"))
+    io.write_json(tmp_path / "metrics" / "pretrained.json",
+                  {"results": rows, "runs": runs, "bases": {}, "chosen_layer": "blocks.4"})
     _, md_path = report.build_report(tmp_path)
     text = md_path.read_text()
-    assert "| ResNet-18, random weights, frozen + head, 32 px | 95.00 ± 0.10 | 5 | 98.9 | -3.90 |" \
+    assert "| ImageNet, frozen + FC head, blocks.4, 32 px | frozen | 98.20 ± 0.20 " in text
+    assert "| 3 | 54,000 | -0.70 |" in text
+    assert "**Not run:** ResNet-18, ImageNet weights, frozen + FC head, 32 px: weights are " \
+           "not in the torch hub cache" in text
+    assert "ImageNet pretraining adds +7.20 points" in text  # 98.2 - 91.0, apart
+    assert "`blocks.4`, of lowest validation loss, is the layer used" in text
+    assert "falls short of the assignment's 98.9 % (-0.70 points)" in text
+    assert "![Every base and training against the assignment's 98.9 %](figures/05_summary.png)" \
         in text
-    assert "| ResNet-18, ImageNet weights, frozen + head, 32 px | not run | 0 | 98.9 |  |" in text
-    assert "**Not run:** weights are not in the torch hub cache" in text
-    assert "| Neural network (slide-deck study) | 97.70 ± 0.10 |" in text
-    assert "(even→odd) | 95.00 ± 0.10 | 5 |" in text
-    assert "| 30.0 / 0.1 (cached) | 12.5 |" in text
+    assert re.search(r"\| 30.0 / 0.1 \(cached\) +\| +1800 \| +12.5 \|", text)
     assert "not run (see below)" in text  # the generic table too
 
 

@@ -102,3 +102,82 @@ def test_project_root_is_the_checkout_the_work_runs_in(tmp_path):
     elsewhere.mkdir()
     assert _root_seen_from(elsewhere) == str(config.PROJECT_ROOT)
     assert _root_seen_from(copy, MNIST_TL_ROOT=str(elsewhere)) == str(elsewhere.resolve())
+
+
+# --------------------------------------------------- stage dependencies = import graph
+
+SRC = config.PROJECT_ROOT / "src"
+
+
+def _module_file(name: str):
+    """The file of module ``mnist_tl...`` ``name`` (package: its ``__init__.py``), or None."""
+    path = SRC.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(source: str) -> set[str]:
+    """``mnist_tl`` modules a piece of code imports, with the packages they sit in."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] == "mnist_tl":
+                parts = name.split(".")
+                found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {m for m in found if _module_file(m)}
+
+
+def _code_of(path) -> str:
+    if path.suffix == ".ipynb":
+        cells = nbformat.read(path, as_version=4).cells
+        lines = [line for c in cells if c.cell_type == "code"
+                 for line in c.source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        return "\n".join(lines)
+    return path.read_text()
+
+
+def import_closure(entry_points) -> set[str]:
+    """Every file of ``src/`` that running ``entry_points`` (scripts, notebooks, module
+    names) imports, directly or not, as paths relative to the project root."""
+    todo = [e for e in entry_points if not isinstance(e, str)]
+    modules = {m for e in entry_points if isinstance(e, str)
+               for m in _imported_modules(f"import {e}")}
+    todo += [_module_file(m) for m in modules]
+    seen_files = set()
+    while todo:
+        path = todo.pop()
+        if path in seen_files:
+            continue
+        seen_files.add(path)
+        for module in _imported_modules(_code_of(path)) - modules:
+            modules.add(module)
+            todo.append(_module_file(module))
+    return {str(_module_file(m).relative_to(config.PROJECT_ROOT)) for m in modules}
+
+
+def _entry_points(stage: dict):
+    """What a stage's command runs: ``python -m module`` and the scripts and notebooks
+    it names."""
+    words = stage["cmd"].split()
+    entries = [words[words.index("-m") + 1]] if "-m" in words else []
+    entries += [config.PROJECT_ROOT / w for w in words if w.endswith((".py", ".ipynb"))]
+    return entries
+
+
+@pytest.mark.parametrize("name", sorted(DVC["stages"]))
+def test_stage_depends_on_exactly_the_code_it_imports(name):
+    """A stage reruns when, and only when, code it runs changes: its ``src/`` deps are
+    the files in the import closure of its command (``__init__.py`` included)."""
+    stage = DVC["stages"][name]
+    declared = {d for d in stage.get("deps", []) if d.startswith("src/")}
+    expected = import_closure(_entry_points(stage))
+    assert declared == expected, (
+        f"stage {name}: missing {sorted(expected - declared)}, "
+        f"not imported {sorted(declared - expected)}")

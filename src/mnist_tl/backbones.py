@@ -214,18 +214,20 @@ def imagenet_weights(name: str, weights_file: str | os.PathLike | None = None,
     if cached.is_file():
         return ImagenetWeights(read_state_dict(cached), f"torch hub cache {cached}")
     url = BACKBONES[name][1].url
-    advice = (f"On a machine without internet, copy {cached.name} into {cached.parent} "
-              "(or point TORCH_HOME at a directory whose hub/checkpoints holds it), or name "
-              "the file in params.yaml as pretrained.imagenet_weights_file.")
+    # Said without this machine's paths: the reason goes into the committed report.
+    where = f"$TORCH_HOME/hub/checkpoints/{cached.name} (by default ~/.cache/torch/hub/...)"
+    advice = (f"On a machine without internet, copy {cached.name} into "
+              "$TORCH_HOME/hub/checkpoints, or name the file in params.yaml as "
+              "pretrained.imagenet_weights_file.")
     if not download:
         raise WeightsUnavailable(f"{name} ImageNet weights are not in the torch hub cache "
-                                 f"({cached}) and downloading is disabled. {advice}")
+                                 f"({where}) and downloading is disabled. {advice}")
     try:
         with _socket_timeout(timeout):
             torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         raise WeightsUnavailable(
-            f"{name} ImageNet weights are not in the torch hub cache ({cached}) and "
+            f"{name} ImageNet weights are not in the torch hub cache ({where}) and "
             f"downloading {url} failed ({getattr(err, 'reason', err)}). {advice}"
         ) from None
     return ImagenetWeights(read_state_dict(cached), f"downloaded {url}")
@@ -262,29 +264,36 @@ def tensor_fingerprint(tensor: torch.Tensor) -> str:
 @torch.no_grad()
 def compute_features(base: nn.Module, images: torch.Tensor, *, batch_size: int = 500,
                      device: str | torch.device = "cpu", progress: bool = True,
-                     desc: str = "features") -> torch.Tensor:
-    """``base(images)`` in batches, in evaluation mode: ``(N, 512)`` float32 on the CPU."""
+                     desc: str = "features") -> dict[str, torch.Tensor]:
+    """``base(images)`` in batches, in evaluation mode, on the CPU: ``{layer: (N, ...)}``
+    for a base that returns a dict of layers, else ``{"features": (N, ...)}``."""
     base = base.to(device).eval()
-    out = torch.empty(len(images), FEATURE_DIM)
+    out: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress,
-                      leave=False):
-        out[start:start + batch_size] = base(images[start:start + batch_size].to(device)).cpu()
+                      leave=False, unit="batch"):
+        result = base(images[start:start + batch_size].to(device))
+        for layer, value in (result if isinstance(result, dict) else {"features": result}).items():
+            if layer not in out:
+                out[layer] = torch.empty(len(images), *value.shape[1:])
+            out[layer][start:start + batch_size] = value.cpu()
     base.cpu()
     return out
 
 
 @dataclass(frozen=True)
 class CachedFeatures:
-    features: torch.Tensor
+    features: dict[str, torch.Tensor]  # layer -> (N, ...)
     path: Path
     computed: bool  # False: read from the cache
     seconds: float  # computing or reading
 
 
-def cache_key(backbone: str, weights_id: str, input_size: int, images: torch.Tensor) -> dict:
-    """What the features depend on: architecture, weights, input size and the images."""
+def cache_key(backbone: str, weights_id: str, input_size: int, images: torch.Tensor,
+              layers: tuple[str, ...] = ("features",)) -> dict:
+    """What the features depend on: architecture, weights, input size, layers, images."""
     return {"backbone": backbone, "weights": weights_id, "input_size": int(input_size),
-            "images": tensor_fingerprint(images), "n_images": len(images)}
+            "layers": list(layers), "images": tensor_fingerprint(images),
+            "n_images": len(images)}
 
 
 def cached_features(base: nn.Module, images: torch.Tensor, key: dict, cache_dir: Path, *,
@@ -292,8 +301,8 @@ def cached_features(base: nn.Module, images: torch.Tensor, key: dict, cache_dir:
                     desc: str = "features") -> CachedFeatures:
     """Features of ``images`` through the frozen ``base``, computed once per ``key``.
 
-    The file name is a digest of the key, so a changed backbone, weights, input size
-    or image set is a different file; the key is stored beside the features and
+    The file name is a digest of the key, so a changed backbone, weights, input size,
+    layer or image set is a different file; the key is stored beside the features and
     checked on reading.
     """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -307,6 +316,10 @@ def cached_features(base: nn.Module, images: torch.Tensor, key: dict, cache_dir:
         if payload is not None and payload.get("key") == key:
             return CachedFeatures(payload["features"], path, False, time.perf_counter() - start)
     features = compute_features(base, images, device=device, progress=progress, desc=desc)
+    missing = set(key["layers"]) - set(features)
+    if missing:
+        raise ValueError(f"the base returned no {sorted(missing)}; it gives {sorted(features)}")
+    features = {layer: features[layer] for layer in key["layers"]}
     with atomic_path(path) as tmp:
         torch.save({"key": key, "features": features}, tmp)
     return CachedFeatures(features, path, True, time.perf_counter() - start)

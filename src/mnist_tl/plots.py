@@ -1,4 +1,6 @@
-"""Figures. Every figure is saved through :func:`save_figure`."""
+"""Figures, in one style (set here: seaborn's colour-blind-safe palette). Every figure is
+saved through :func:`save_figure`, which lays it out with matplotlib's constrained layout
+and crops it to its contents, so titles and labels neither overlap nor get clipped."""
 
 from __future__ import annotations
 
@@ -14,16 +16,76 @@ import torch
 from mnist_tl import config
 from mnist_tl.io import atomic_path
 
-sns.set_theme(context="notebook", style="white")
+sns.set_theme(context="notebook", style="white", palette="colorblind")
+PALETTE = sns.color_palette("colorblind")
+DIGIT_COLOURS = sns.color_palette("colorblind", 10)
 
 
 def save_figure(fig: plt.Figure, name: str, reports_dir: str | os.PathLike | None = None) -> Path:
-    """Save ``fig`` as ``<reports_dir>/figures/<name>.png``, atomically and reproducibly."""
+    """Save ``fig`` as ``<reports_dir>/figures/<name>.png``, atomically and reproducibly,
+    with constrained layout and cropped to its contents (``bbox_inches="tight"``)."""
+    if not isinstance(fig.get_layout_engine(), matplotlib.layout_engine.ConstrainedLayoutEngine):
+        fig.set_layout_engine("constrained")
     path = config.figures_dir(reports_dir) / f"{name}.png"
     with atomic_path(path) as tmp:
         # No 'Software' stamp: the PNG depends on the data alone, not on the writer.
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     return path
+
+
+def accuracy_summary(rows: list[dict], reference: float | None = None,
+                     reference_label: str = "", title: str = "") -> plt.Figure:
+    """Test accuracy of every row (``label``, ``mean``, ``ci95_low``, ``ci95_high``,
+    optional ``group``), sorted, with its 95 % interval, against a reference line."""
+    rows = sorted(rows, key=lambda r: r["mean"])
+    groups = list(dict.fromkeys(r.get("group", "") for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.4), layout="constrained")
+    for i, row in enumerate(rows):
+        colour = PALETTE[groups.index(row.get("group", "")) % len(PALETTE)]
+        low, high = row.get("ci95_low"), row.get("ci95_high")
+        if low is not None and np.isfinite(low):
+            ax.plot([low, high], [i, i], color=colour, lw=2.5, solid_capstyle="butt")
+        ax.plot(row["mean"], i, "o", color=colour, ms=6)
+        ax.annotate(f"{row['mean']:.2f}", (row["mean"], i), xytext=(0, 6),
+                    textcoords="offset points", ha="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=9)
+    if reference is not None:
+        ax.axvline(reference, color="0.3", ls="--", lw=1)
+        ax.text(reference, len(rows) - 0.4, f" {reference_label}", fontsize=8, color="0.3",
+                va="bottom")
+    for g, group in enumerate(groups):
+        if group:
+            ax.plot([], [], "o", color=PALETTE[g % len(PALETTE)], label=group)
+    if any(groups):
+        ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.set_xlabel("test accuracy (%): mean over seeds, 95 % interval")
+    ax.set_ylim(-0.7, len(rows) - 0.1)
+    ax.set_title(title, fontsize=11)
+    sns.despine(ax=ax)
+    ax.grid(axis="x", color="0.92")
+    return fig
+
+
+def embedding_maps(maps: dict[str, np.ndarray], digits: np.ndarray,
+                   suptitle: str = "") -> plt.Figure:
+    """2-D maps side by side, one point per image coloured by its digit, each digit's
+    label at its points' median."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 4.6), squeeze=False,
+                             layout="constrained")
+    for ax, (title, points) in zip(axes[0], maps.items(), strict=True):
+        for d in range(10):
+            at = points[digits == d]
+            ax.scatter(at[:, 0], at[:, 1], s=5, color=DIGIT_COLOURS[d], alpha=0.8, lw=0)
+            if len(at):
+                ax.text(*np.median(at, 0), str(d), fontsize=12, weight="bold", ha="center",
+                        va="center", color="black",
+                        bbox={"boxstyle": "circle,pad=0.15", "fc": "white", "alpha": 0.7,
+                              "lw": 0})
+        ax.set_title(title, fontsize=10, wrap=True)
+        ax.set(xticks=[], yticks=[])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    return fig
 
 
 def sample_grid(
@@ -43,7 +105,6 @@ def sample_grid(
             ax.set_yticks([])
         row[0].set_ylabel(str(digit), rotation=0, labelpad=12, fontsize=12, va="center")
     fig.suptitle("Random training images per digit", y=1.0)
-    fig.tight_layout(pad=0.2)
     return fig
 
 
@@ -105,7 +166,6 @@ def loss_curves(histories, title: str) -> plt.Figure:
     ax.set_title(f"{title}\nmean over {len(histories)} seeds, band = min–max", fontsize=10)
     ax.legend(frameon=False, fontsize=9)
     sns.despine(fig)
-    fig.tight_layout()
     return fig
 
 
@@ -142,5 +202,4 @@ def metrics_figure(metrics: list[dict], title: str) -> plt.Figure:
     accuracy = np.mean([m["accuracy"] for m in metrics])
     fig.suptitle(f"{title} — test accuracy {accuracy:.2f} %", fontsize=11)
     sns.despine(fig=fig, ax=ax_bar)
-    fig.tight_layout()
     return fig

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mnist_tl import config
 from mnist_tl.io import read_json, write_text
-from mnist_tl.studies.pretrained_backbones import ASSIGNMENT_ACCURACY
+from mnist_tl.studies import pretrained_backbones_section
 from mnist_tl.studies.slide_deck import DECK_ACCURACY, PROTOCOLS, TASK_TITLES
 
 RESULT_COLUMNS = [
@@ -208,77 +208,6 @@ def audit_markdown(deck: pd.DataFrame, metrics_dir: Path) -> str:
                              f" / {n} seeds | {t['significant_seeds_p05']} / {n} seeds "
                              f"| {t['median_p_value']:.2g} |")
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(row) -> str:
-    if pd.isna(row["mean"]):
-        return "not run"
-    return f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if pd.notna(row["std"]) else "")
-
-
-def assignment_markdown(table: pd.DataFrame, metrics_dir: Path) -> str:
-    """The assignment study: frozen bases + head against its 98.9 %, the digit split with
-    a convolutional base, the bases' pretraining, and the time each step took."""
-    rows = table[(table.study == "assignment") & (table.metric == "test_accuracy")]
-    if rows.empty:
-        return ""
-    details = read_json(metrics_dir / "pretrained.json")
-    parts = ["## The assignment study: a pretrained convolutional base, frozen, with a "
-             "fully connected head\n",
-             "Test accuracy (%) on the 10 000 official test images of 10-class MNIST, mean ± "
-             f"std over seeds, beside the assignment's claimed {ASSIGNMENT_ACCURACY} %. Every "
-             "base is the same "
-             "architecture behind the same input adapter; only its weights differ. The network "
-             "of the slide-deck study (784-500-10, corrected protocol) is the last row.\n"]
-    lines = ["| model | test accuracy | seeds | assignment | difference |",
-             "|---|---|---|---|---|"]
-    ten_class = rows[rows.protocol.isin(["frozen base + head", "end to end"])]
-    mlp = table[(table.study == "slide-deck") & (table.protocol == "corrected")
-                & (table.model == "Neural network") & (table.task == "full")]
-    for _, row in pd.concat([ten_class, mlp]).iterrows():
-        name = row["model"] + (" (slide-deck study)" if row["study"] == "slide-deck" else "")
-        difference = ("" if pd.isna(row["mean"])
-                      else f"{row['mean'] - ASSIGNMENT_ACCURACY:+.2f}")
-        lines.append(f"| {name} | {_mean_std(row)} | {row['n_seeds']} | {ASSIGNMENT_ACCURACY} "
-                     f"| {difference} |")
-    parts.append("\n".join(lines) + "\n")
-    not_run = rows[rows["note"].notna()]
-    if len(not_run):
-        parts.append(f"**Not run:** {not_run['note'].iloc[0].removeprefix('not run: ')}\n")
-
-    split = rows[rows.protocol == "digit split"]
-    if len(split):
-        parts.append("### The slide deck's digit split with a convolutional base\n")
-        lines = ["| transfer | target-only test accuracy | seeds |", "|---|---|---|"]
-        for _, row in split.iterrows():
-            lines.append(f"| {row['model']} | {_mean_std(row)} | {row['n_seeds']} |")
-        parts.append("\n".join(lines) + "\n")
-
-    pretraining = rows[rows.protocol == "pretraining"]
-    if len(pretraining):
-        parts.append("### The pretrained bases on their own test sets\n")
-        lines = ["| base | task | test accuracy | pretraining (s) |", "|---|---|---|---|"]
-        seconds = {b["source_task"]: b["pretrain_seconds"]
-                   for b in details.get("bases", {}).values()}
-        for _, row in pretraining.iterrows():
-            lines.append(f"| {row['model']} | {row['task']} | {_mean_std(row)} "
-                         f"| {seconds.get(row['task'], '')} |")
-        parts.append("\n".join(lines) + "\n")
-
-    runs = details.get("runs", {})
-    if runs:
-        parts.append("### Time: feature extraction (once per base, input size and image set) "
-                     "and head training (all seeds at once)\n")
-        lines = ["| model | features: train / val / test (s) | head training, all seeds (s) |",
-                 "|---|---|---|"]
-        for run in runs.values():
-            features = run.get("features") or {}
-            cells = " / ".join(
-                f"{f['seconds']:.1f}{'' if f['computed'] else ' (cached)'}"
-                for f in features.values()) or "— (end to end)"
-            lines.append(f"| {run['model']} | {cells} | {run['train_seconds']} |")
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
 
 
 def data_markdown(data: dict) -> str:
@@ -509,7 +438,7 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path]:
     ]
     deck_section = slide_deck_markdown(table, metrics_dir)
     sections += [deck_section] if deck_section else []
-    assignment_section = assignment_markdown(table, metrics_dir)
+    assignment_section = pretrained_backbones_section.markdown(table, metrics_dir)
     sections += [assignment_section] if assignment_section else []
     sections += ["## All result rows\n", results_markdown(table)]
     data_file = metrics_dir / "data.json"

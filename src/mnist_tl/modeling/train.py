@@ -575,6 +575,76 @@ def fit_frozen_features(
     )
 
 
+# ------------------------------------------------------------ whole networks, autograd
+
+
+@torch.no_grad()
+def evaluate_network(network: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     batch_size: int = 500, device: str | torch.device = "cpu"
+                     ) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and the predicted classes of ``network`` in evaluation mode."""
+    network.eval()
+    loss, predictions = 0.0, []
+    for start in range(0, len(y), batch_size):
+        logits = network(x[start:start + batch_size].to(device))
+        loss += F.cross_entropy(logits, y[start:start + batch_size].to(device),
+                                reduction="sum").item()
+        predictions.append(logits.argmax(1).cpu())
+    return loss / max(len(y), 1), torch.cat(predictions)
+
+
+def fit_network(network: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                config: TrainConfig, seed: int, *, x_val: torch.Tensor, y_val: torch.Tensor,
+                device: str | torch.device = "auto", progress: bool = True,
+                desc: str = "train") -> History:
+    """Train any network (convolutional ones included) with autograd and ``config``'s
+    optimizer, mini-batches shuffled by a generator seeded by ``seed`` (dropout by the
+    global one, seeded likewise); with ``config.early_stopping``, stop ``patience``
+    epochs after the best validation loss and restore its weights. Inputs stay as they
+    are in memory (uint8 images, cached activations); the network converts a batch."""
+    device = resolve_device(device)
+    network.to(device)
+    torch.manual_seed(seed)
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    optimizer = (torch.optim.Adam(parameters, lr=config.lr, fused=device.type == "cpu")
+                 if config.optimizer == "adam" else
+                 torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum))
+    generator = torch.Generator().manual_seed(seed)
+    history = History(seed, "val")
+    best_loss, best_state, n = math.inf, None, len(y_train)
+    steps = math.ceil(n / config.batch_size)
+    bar = tqdm(total=config.epochs * steps, desc=desc, disable=not progress, leave=False,
+               unit="batch")
+    with torch.enable_grad():
+        for epoch in range(1, config.epochs + 1):
+            network.train()
+            total = 0.0
+            for idx in torch.randperm(n, generator=generator).split(config.batch_size):
+                loss = F.cross_entropy(network(x_train[idx].to(device)), y_train[idx].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                bar.update()
+            val_loss, predictions = evaluate_network(network, x_val, y_val, device=device)
+            history.train_loss.append(total / n)
+            history.eval_loss.append(val_loss)
+            history.eval_accuracy.append((predictions == y_val).float().mean().item())
+            bar.set_postfix(train_loss=f"{total / n:.4f}", val_loss=f"{val_loss:.4f}")
+            if val_loss < best_loss:
+                best_loss, history.best_epoch = val_loss, epoch
+                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            elif config.early_stopping and epoch - history.best_epoch >= config.patience:
+                break
+    bar.close()
+    if config.early_stopping:
+        network.load_state_dict(best_state)
+    else:
+        history.best_epoch = history.epochs_run
+    network.cpu()
+    return history
+
+
 # ---------------------------------------------------------- new models, in any process
 
 

@@ -1,226 +1,196 @@
-"""The assignment study: a pretrained convolutional base, frozen, with a fully connected
-head on 10-class MNIST; and the slide deck's digit split with a convolutional base.
+"""The assignment study (notebook 05): a pretrained convolutional base, frozen, with a
+fully connected head on 10-class MNIST; a real ImageNet base beside honest controls.
 
 The assignment's protocol: train / validation / test split; the base without its top,
-frozen; a head of fully connected layers (512 -> 256 -> 10, ReLU, dropout) with
-softmax via cross-entropy on logits; Adam; early stopping on validation loss; test
-accuracy, per-class precision/recall/F1 and the confusion matrix, once, at the end.
+frozen; a head of fully connected layers (``features -> 256 -> 10``, ReLU, dropout, the
+softmax in the cross-entropy); Adam; early stopping on validation loss; test accuracy,
+per-class precision/recall/F1 and the confusion matrix once, at the end.
 
-Bases, all of one architecture (``backbone``) behind the same input adapter:
+Bases (:class:`Base`) and what is trained on them:
 
-- ``imagenet``: torchvision's ImageNet weights, where they can be had;
-- ``fashion``: pretrained here on Fashion-MNIST (clothing, another domain);
-- ``random``: the random initialisation itself: what pretraining adds;
-- ``even`` / ``odd``: pretrained on one MNIST parity, the head trained on the other.
+- ``imagenet``: EfficientNet-Lite0 with its ImageNet weights (:mod:`mnist_tl.efficientnet`,
+  offline): frozen + FC head at each input size, at earlier layers, and with a linear
+  head; fine-tuned, its top blocks trained on the cached output of the blocks below;
+- ``random``: the same network randomly initialised: what ImageNet's weights add. The
+  same network is also trained end to end from scratch (on ``scratch_subset`` images on
+  a CPU, beside the ImageNet base's head on the same images);
+- ``fashion`` / ``cnn-random``: a small CNN (:mod:`mnist_tl.modeling.cnn`) pretrained here
+  on Fashion-MNIST, against the same CNN with random weights;
+- ``torchvision``: the assignment's own architectures (ResNet-18, VGG) with torchvision's
+  ImageNet weights where they can be had; otherwise a row says why not.
 
-The architecture is torchvision's unchanged (its stride-2 stem and max pooling
-included), so every base differs only in its weights. At 32 px its last feature
-map is 1x1; a CIFAR-style stem would see more detail at 16x the compute.
-
-A base is frozen, so its features are computed once per (backbone, weights, input
-size, images) and cached (:func:`mnist_tl.backbones.cached_features`); heads train
-on the cached features, all seeds at once (:func:`mnist_tl.modeling.train.fit`).
-For comparison the same network is also trained end to end from scratch.
+A frozen base's features are computed once per (base, input size, layers, images) and
+cached in ``data/features/``; trained networks are cached in ``models/pretrained/`` by
+what they depend on. DVC keeps both across reruns (``persist``), so a head setting
+changed retrains heads only.
 """
 
 from __future__ import annotations
 
-import math
+import copy
+import hashlib
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.decomposition import PCA
 from torch import nn
-from tqdm.auto import tqdm
 
 from mnist_tl import backbones, dataset, evaluate
 from mnist_tl import config as paths
+from mnist_tl import efficientnet as effnet
 from mnist_tl.io import write_json
-from mnist_tl.modeling.train import History, TrainConfig, fit, resolve_device
+from mnist_tl.modeling.cnn import FEATURE_DIM as CNN_FEATURES
+from mnist_tl.modeling.cnn import digit_cnn
+from mnist_tl.modeling.train import (
+    History,
+    TrainConfig,
+    evaluate_network,
+    fit,
+    fit_network,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from mnist_tl.provenance import environment
 
 STUDY = "assignment"
 ASSIGNMENT_ACCURACY = 98.9  # the assignment's claimed test accuracy, 10-class MNIST
 BASE_TITLES = {
-    "imagenet": "ImageNet weights",
-    "fashion": "pretrained on Fashion-MNIST",
-    "random": "random weights",
-    "even": "pretrained on MNIST-Even",
-    "odd": "pretrained on MNIST-Odd",
+    "imagenet": f"{effnet.DISPLAY_NAME}, ImageNet weights",
+    "random": f"{effnet.DISPLAY_NAME}, random weights",
+    "fashion": "small CNN, pretrained on Fashion-MNIST",
+    "cnn-random": "small CNN, random weights",
 }
-OTHER_PARITY = {"even": "odd", "odd": "even"}
+HEADS = {"fc": "FC head", "linear": "linear head"}
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """The study's settings (params.yaml ``pretrained`` and ``data``), validated up front."""
 
-    backbone: str = "resnet18"
-    imagenet: str = "auto"  # auto | on | off
-    imagenet_weights_file: str | None = None
-    input_sizes: tuple[int, ...] = (32, 64)
-    pretrain_input_size: int = 32  # Fashion-MNIST / parity pretraining, end-to-end training
-    pretrain_epochs: int = 5
-    pretrain_lr: float = 1e-3
-    pretrain_batch_size: int = 128
-    pretrain_subset: int = 0  # > 0: a stratified subset of the pretraining images (smoke)
-    scratch_seeds: tuple[int, ...] = (0,)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # heads
+    input_sizes: tuple[int, ...] = (32, 64)  # EfficientNet-Lite0's input sizes (pixels)
+    # pooled layers compared at the first size; the one of lowest validation loss is used
+    # at the other sizes, for the linear head and the random-weights control
+    feature_layers: tuple[str, ...] = ("conv_head", "blocks.5", "blocks.4")
+    seeds: tuple[int, ...] = (0, 1, 2)
     head_hidden: int = 256
     head_dropout: float = 0.5
     head_lr: float = 1e-3
     head_batch_size: int = 128
     head_epochs: int = 100
     patience: int = 5
+    finetune_from: str = "blocks.5"  # this block and those above train; below: cached
+    finetune_size: int = 32
+    finetune_lr: float = 1e-4
+    finetune_epochs: int = 30
+    finetune_subset: int = 0  # training images of the fine-tuned network (0: all)
+    scratch_size: int = 32
+    scratch_subset: int = 5000  # training images of the end-to-end network (0: all)
+    scratch_epochs: int = 30
+    scratch_lr: float = 1e-3
+    fashion_epochs: int = 30
+    fashion_lr: float = 1e-3
+    fashion_batch_size: int = 128
+    pretrain_subset: int = 0  # > 0: a stratified subset of Fashion-MNIST (smoke runs)
+    imagenet: str = "auto"  # torchvision's ImageNet weights: auto | on | off
+    torchvision_backbone: str = "resnet18"
+    imagenet_weights_file: str | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
     train_subset: int = 0  # > 0: a stratified subset of MNIST's training images (smoke)
     device: str = "auto"
-    feature_batch_size: int = 500
 
     def __post_init__(self) -> None:
-        backbones.check_backbone(self.backbone)
+        if not self.input_sizes:
+            raise ValueError("input_sizes must name at least one size.")
+        for size in (*self.input_sizes, self.finetune_size, self.scratch_size):
+            effnet.Preprocess(size)  # validates it
+        if not self.feature_layers:
+            raise ValueError("feature_layers must name at least one layer.")
+        for layer in (*self.feature_layers, self.finetune_from):
+            effnet.check_layer(layer)
+        if not self.finetune_from.startswith("blocks."):
+            raise ValueError("finetune_from must be a block (blocks.0 .. blocks.6).")
+        backbones.check_backbone(self.torchvision_backbone)
         if self.imagenet not in backbones.IMAGENET_MODES:
             raise ValueError(f"imagenet must be one of {backbones.IMAGENET_MODES}, "
                              f"got {self.imagenet!r}.")
-        if not self.input_sizes:
-            raise ValueError("input_sizes must name at least one size.")
-        for size in (*self.input_sizes, self.pretrain_input_size):
-            backbones.check_input_size(size)
-        for name in ("seeds", "scratch_seeds"):
-            seeds = getattr(self, name)
-            if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-                raise ValueError(f"{name} must be distinct integers, got {seeds!r}.")
-        if not self.seeds:
-            raise ValueError("seeds must not be empty.")
-        for name in ("train_subset", "pretrain_subset"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}.")
+        for name in ("train_subset", "pretrain_subset", "scratch_subset", "finetune_subset"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: all), got {value!r}.")
         if not 0 <= self.head_dropout < 1:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}.")
         dataset.check_val_fraction(self.val_fraction)
         if self.val_fraction == 0:
             raise ValueError("early stopping needs a validation split: val_fraction > 0.")
-        self.head_config()
-        self.pretrain_config()
+        for make in (self.head_config, self.finetune_config, self.scratch_config,
+                     self.fashion_config):
+            make()
 
     @classmethod
-    def from_counts(cls, n_seeds: int, scratch_seeds: int, **kwargs) -> StudyConfig:
-        """From notebook parameters: seed counts, ``input_sizes`` as a list or as a
-        comma-separated string (how DVC passes it), "" for no weights file."""
-        for name, value in (("n_seeds", n_seeds), ("scratch_seeds", scratch_seeds)):
-            if not isinstance(value, int) or value < 0 or (name == "n_seeds" and value < 1):
-                raise ValueError(f"{name} must be a non-negative integer (n_seeds >= 1), "
-                                 f"got {value!r}.")
+    def from_params(cls, n_seeds: int, **kwargs) -> StudyConfig:
+        """From notebook parameters: a seed count, sizes and layers as lists or as
+        comma-separated strings (how DVC passes them), "" for no weights file."""
+        if not isinstance(n_seeds, int) or n_seeds < 1:
+            raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}.")
         if "input_sizes" in kwargs:
             kwargs["input_sizes"] = parse_sizes(kwargs["input_sizes"])
+        if "feature_layers" in kwargs:
+            kwargs["feature_layers"] = parse_list(kwargs["feature_layers"])
         kwargs["imagenet_weights_file"] = kwargs.get("imagenet_weights_file") or None
-        return cls(seeds=tuple(range(n_seeds)), scratch_seeds=tuple(range(scratch_seeds)),
-                   **kwargs)
+        return cls(seeds=tuple(range(n_seeds)), **kwargs)
 
     def head_config(self) -> TrainConfig:
         return TrainConfig("adam", self.head_lr, 0.0, self.head_batch_size, self.head_epochs,
                            early_stopping=True, patience=self.patience)
 
-    def pretrain_config(self) -> TrainConfig:
-        return TrainConfig("adam", self.pretrain_lr, 0.0, self.pretrain_batch_size,
-                           self.pretrain_epochs, early_stopping=True, patience=self.patience)
+    def finetune_config(self) -> TrainConfig:
+        return TrainConfig("adam", self.finetune_lr, 0.0, self.head_batch_size,
+                           self.finetune_epochs, early_stopping=True, patience=self.patience)
+
+    def scratch_config(self) -> TrainConfig:
+        return TrainConfig("adam", self.scratch_lr, 0.0, self.head_batch_size,
+                           self.scratch_epochs, early_stopping=True, patience=self.patience)
+
+    def fashion_config(self) -> TrainConfig:
+        return TrainConfig("adam", self.fashion_lr, 0.0, self.fashion_batch_size,
+                           self.fashion_epochs, early_stopping=True, patience=self.patience)
+
+
+def parse_list(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``("a", "b")``."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
 
 
 def parse_sizes(value: int | str | Sequence[int]) -> tuple[int, ...]:
     """``32``, ``"32,64"`` or ``[32, 64]`` -> ``(32, 64)``."""
     if isinstance(value, str):
         try:
-            return tuple(int(v) for v in value.split(",") if v.strip())
+            return tuple(int(v) for v in parse_list(value))
         except ValueError:
             raise ValueError(
                 f"input_sizes must be integers separated by commas, got {value!r}.") from None
     return (value,) if isinstance(value, int) else tuple(value)
 
 
-# ------------------------------------------------------------------------------ data
-
-
-def image_splits(task: str, config: StudyConfig, arrays: dataset.Arrays, *,
-                 subset: int = 0) -> dataset.TaskData:
-    """Train (optionally a stratified subset) / validation / test images of ``task``,
-    labels 0..K-1 in the order of the task's classes (digits for the full task)."""
-    return dataset.load_task(task, val_fraction=config.val_fraction, seed=config.split_seed,
+def image_splits(config: StudyConfig, arrays: dataset.Arrays, *, subset: int = 0
+                 ) -> dataset.TaskData:
+    """10 classes: train (optionally a stratified subset) / validation / test."""
+    return dataset.load_task("full", val_fraction=config.val_fraction, seed=config.split_seed,
                              label_mode="index", arrays=arrays, train_subset=subset)
 
 
-# ------------------------------------------------------------------- whole networks
-
-
-def head(num_classes: int, config: StudyConfig, seed: int) -> nn.Sequential:
-    """The custom fully connected top: 512 -> hidden -> classes (softmax in the loss)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(backbones.FEATURE_DIM, config.head_hidden), nn.ReLU(),
-                         nn.Dropout(config.head_dropout),
-                         nn.Linear(config.head_hidden, num_classes))
-
-
-@torch.no_grad()
-def evaluate_network(network: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                     batch_size: int = 500, device: str | torch.device = "cpu"
-                     ) -> tuple[float, torch.Tensor]:
-    """Mean cross-entropy and the predictions of ``network`` (evaluation mode)."""
-    network.eval()
-    loss, predictions = 0.0, []
-    for start in range(0, len(y), batch_size):
-        logits = network(x[start:start + batch_size].to(device))
-        yb = y[start:start + batch_size].to(device)
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        predictions.append(logits.argmax(1).cpu())
-    return loss / max(len(y), 1), torch.cat(predictions)
-
-
-def train_network(network: nn.Module, splits: dataset.TaskData, train: TrainConfig, seed: int, *,
-                  device: str = "auto", progress: bool = True, desc: str = "train") -> History:
-    """Train a whole network on images: Adam, early stopping on validation loss with the
-    best weights restored. Inputs stay uint8 tensors in memory; the network's input
-    adapter resizes and normalises each batch."""
-    device = resolve_device(device)
-    network.to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=train.lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = History(seed, "val")
-    best_loss, best_state, since_best = math.inf, None, 0
-    n = len(splits.y_train)
-    epochs = tqdm(range(1, train.epochs + 1), desc=desc, disable=not progress, leave=False)
-    for epoch in epochs:
-        network.train()
-        total = 0.0
-        batches = torch.randperm(n, generator=generator).split(train.batch_size)
-        for idx in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
-            x, y = splits.x_train[idx].to(device), splits.y_train[idx].to(device)
-            loss = F.cross_entropy(network(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        val_loss, val_pred = evaluate_network(network, splits.x_val, splits.y_val,
-                                              device=device)
-        history.train_loss.append(total / n)
-        history.eval_loss.append(val_loss)
-        history.eval_accuracy.append((val_pred == splits.y_val).float().mean().item())
-        epochs.set_postfix(train_loss=f"{total / n:.4f}", val_loss=f"{val_loss:.4f}")
-        if val_loss < best_loss:
-            best_loss, since_best, history.best_epoch = val_loss, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        else:
-            since_best += 1
-            if since_best >= train.patience:
-                break
-    network.load_state_dict(best_state)
-    network.cpu()
-    return history
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- bases
@@ -228,124 +198,217 @@ def train_network(network: nn.Module, splits: dataset.TaskData, train: TrainConf
 
 @dataclass
 class Base:
-    """A frozen base and where its weights come from."""
+    """A frozen network and where its weights come from."""
 
-    name: str  # imagenet | fashion | random | even | odd
-    backbone: str
-    trunk: nn.Module  # the architecture without its top (no input adapter)
-    weights_id: str  # SHA-256 of the trunk's state dict
+    name: str  # imagenet | random | fashion | cnn-random | torchvision
+    title: str
+    network: nn.Module  # the whole network (classifier included), frozen, eval mode
+    weights_id: str  # SHA-256 of its state dict
     source: str
     history: History | None = None  # pretraining
     pretrain_seconds: float = 0.0
     source_accuracy: float | None = None  # on its own pretraining task's test images
-    source_task: str | None = None
 
     @property
-    def title(self) -> str:
-        return f"{backbones.display_name(self.backbone)}, {BASE_TITLES[self.name]}"
+    def kind(self) -> str:
+        return {"imagenet": "efficientnet", "random": "efficientnet", "fashion": "cnn",
+                "cnn-random": "cnn"}.get(self.name, "torchvision")
 
-    def at(self, input_size: int) -> nn.Sequential:
-        """The frozen base behind an input adapter of ``input_size``."""
-        return backbones.freeze(nn.Sequential(backbones.InputAdapter(input_size), self.trunk))
+    def layers(self, config: StudyConfig) -> tuple[str, ...]:
+        return config.feature_layers if self.kind == "efficientnet" else ("features",)
+
+    def trunk(self, input_size: int, layers: Sequence[str]) -> nn.Module:
+        """Images -> ``{layer: pooled features}`` through the frozen base."""
+        if self.kind == "efficientnet":
+            return effnet.Trunk(self.network, input_size, layers).eval()
+        if self.kind == "cnn":
+            return self.network.features.eval()
+        return nn.Sequential(backbones.InputAdapter(input_size), self.network).eval()
 
     def summary(self) -> dict:
-        return {"name": self.name, "backbone": self.backbone, "weights_sha256": self.weights_id,
+        return {"name": self.name, "title": self.title, "weights_sha256": self.weights_id,
                 "source": self.source, "pretrain_seconds": round(self.pretrain_seconds, 1),
-                "source_task": self.source_task, "source_test_accuracy": self.source_accuracy,
+                "source_test_accuracy": self.source_accuracy,
                 "history": self.history.to_dict() if self.history else None}
 
 
-def _base(name: str, backbone: str, trunk: nn.Module, source: str, **kwargs) -> Base:
-    backbones.freeze(trunk)
-    return Base(name, backbone, trunk, backbones.state_fingerprint(trunk.state_dict()), source,
-                **kwargs)
+def _base(name: str, network: nn.Module, source: str, title: str | None = None,
+          **kwargs) -> Base:
+    backbones.freeze(network)
+    return Base(name, title or BASE_TITLES[name], network,
+                backbones.state_fingerprint(network.state_dict()), source, **kwargs)
 
 
-def imagenet_base(config: StudyConfig, weights: backbones.ImagenetWeights) -> Base:
-    network = backbones.classifier_network(config.backbone)
+def efficientnet_bases(config: StudyConfig) -> tuple[Base | None, Base, str | None]:
+    """ImageNet's EfficientNet-Lite0 (pinned file, verified), the same network with a
+    random initialisation (seeded), and why the ImageNet base is absent if it is.
+
+    ``config.imagenet`` decides what a missing weight package means: ``auto`` records
+    why (the ImageNet rows say "not run"), ``on`` raises, ``off`` skips. A file whose
+    digest is not the pinned one is refused in every mode."""
+    seed = config.seeds[0]
+    random = _base("random", effnet.network(seed=seed), f"random initialisation, seed {seed}")
+    if config.imagenet == "off":
+        return None, random, "not run: pretrained.imagenet is off"
+    try:
+        network = effnet.imagenet_network()
+    except backbones.WeightsUnavailable as error:
+        if config.imagenet == "on":
+            raise
+        return None, random, f"not run: {error}"
+    return (_base("imagenet", network, f"{effnet.WEIGHTS_FILE} from {effnet.WEIGHTS_PACKAGE} "
+                  f"(SHA-256 {effnet.WEIGHTS_SHA256[:12]}…, verified)"), random, None)
+
+
+def torchvision_base(config: StudyConfig, download: bool = True
+                     ) -> tuple[Base | None, str | None]:
+    """The assignment's architecture with torchvision's ImageNet weights, or why not."""
+    weights, reason = backbones.resolve_imagenet(
+        config.imagenet, config.torchvision_backbone, config.imagenet_weights_file, download)
+    if weights is None:
+        return None, reason
+    network = backbones.classifier_network(config.torchvision_backbone)
     backbones.load_state(network, weights.state, f"ImageNet weights from {weights.source}")
-    return _base("imagenet", config.backbone, backbones.strip_top(network, config.backbone),
-                 weights.source)
+    title = torchvision_title(config)
+    return _base("torchvision", backbones.strip_top(network, config.torchvision_backbone),
+                 weights.source, title), None
 
 
-def random_base(config: StudyConfig) -> Base:
+def cached_network(what: dict, build: Callable[[], nn.Module],
+                   train: Callable[[nn.Module], dict], models_dir: Path | None) -> tuple[
+                       nn.Module, dict]:
+    """A trained network, built and trained once per ``what`` (everything its training
+    depends on) and cached in ``models_dir``; the metadata ``train`` returned with it."""
+    network = build()
+    path = None if models_dir is None else Path(models_dir) / f"{what['name']}-{_digest(what)}.pt"
+    if path is not None and path.is_file():
+        checkpoint = load_checkpoint(path)
+        if checkpoint["meta"].get("what") == what:
+            network.load_state_dict(checkpoint["state_dict"])
+            return network, checkpoint["meta"]["result"] | {"cached": True}
+    result = train(network)
+    if path is not None:
+        save_checkpoint(network, path, what=what, result=result)
+    return network, result | {"cached": False}
+
+
+def fashion_base(config: StudyConfig, fashion: dataset.TaskData, models_dir: Path | None,
+                 *, progress: bool = True) -> Base:
+    """The small CNN trained on Fashion-MNIST (early stopping on its validation split),
+    its classifier kept only to report its own test accuracy; frozen."""
     seed = config.seeds[0]
-    trunk = backbones.build_base(config.backbone, config.pretrain_input_size, seed=seed)[1]
-    return _base("random", config.backbone, trunk, f"random initialisation, seed {seed}")
+    what = {"name": "fashion-cnn", "seed": seed, "config": asdict(config.fashion_config()),
+            "images": backbones.tensor_fingerprint(fashion.x_train)}
+
+    def train(network: nn.Module) -> dict:
+        start = time.perf_counter()
+        history = fit_network(network, fashion.x_train, fashion.y_train,
+                              config.fashion_config(), seed, x_val=fashion.x_val,
+                              y_val=fashion.y_val, device=config.device, progress=progress,
+                              desc="pretrain the CNN on Fashion-MNIST")
+        _, predictions = evaluate_network(network, fashion.x_test, fashion.y_test)
+        return {"history": history.to_dict(), "seconds": time.perf_counter() - start,
+                "test_accuracy": 100 * (predictions == fashion.y_test).float().mean().item()}
+
+    network, result = cached_network(what, lambda: digit_cnn(10, seed=seed), train, models_dir)
+    history = result["history"]
+    history.pop("epochs_run", None)
+    return _base("fashion", network,
+                 f"pretrained here on Fashion-MNIST, {len(history['train_loss'])} epochs "
+                 f"(best {history['best_epoch']}), seed {seed}",
+                 history=History(**history), pretrain_seconds=result["seconds"],
+                 source_accuracy=result["test_accuracy"])
 
 
-def pretrain_base(name: str, config: StudyConfig, splits: dataset.TaskData, *,
-                  progress: bool = True) -> Base:
-    """Train the architecture with a linear top on ``splits`` (Fashion-MNIST or one
-    parity), keep the best epoch by validation loss, remove the top, freeze."""
+def random_cnn_base(config: StudyConfig) -> Base:
     seed = config.seeds[0]
-    base = backbones.build_base(config.backbone, config.pretrain_input_size, seed=seed)
-    network = nn.Sequential(base, nn.Linear(backbones.FEATURE_DIM, len(splits.classes)))
-    start = time.perf_counter()
-    history = train_network(network, splits, config.pretrain_config(), seed,
-                            device=config.device, progress=progress, desc=f"pretrain {name}")
-    seconds = time.perf_counter() - start
-    _, predictions = evaluate_network(network, splits.x_test, splits.y_test)
-    accuracy = 100 * (predictions == splits.y_test).float().mean().item()
-    task = "fashion-mnist" if name == "fashion" else name
-    return _base(name, config.backbone, base[1],
-                 f"pretrained here on {task}, {history.epochs_run} epochs at "
-                 f"{config.pretrain_input_size} px, seed {seed}",
-                 history=history, pretrain_seconds=seconds, source_accuracy=accuracy,
-                 source_task=task)
+    return _base("cnn-random", digit_cnn(10, seed=seed), f"random initialisation, seed {seed}")
 
 
-def fashion_splits(config: StudyConfig, arrays: dataset.Arrays) -> dataset.TaskData:
-    """Fashion-MNIST with the same validation fraction and seed as MNIST."""
-    return image_splits("full", config, arrays, subset=config.pretrain_subset)
+# ------------------------------------------------------------------ features, heads
 
 
-def save_base(base: Base, models_dir: Path) -> Path:
-    from mnist_tl.modeling.train import save_checkpoint
+def base_features(base: Base, input_size: int, splits: dataset.TaskData, config: StudyConfig,
+                  *, cache_dir: Path = paths.FEATURES_DIR, progress: bool = True
+                  ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """``{split: {layer: features}}`` through the frozen base, each split computed once
+    (cached); and how long each took, with the throughput of those computed."""
+    layers = base.layers(config)
+    trunk = base.trunk(input_size, layers)
+    features, record = {}, {}
+    for split in dataset.SPLITS:
+        images = splits.split(split)[0]
+        key = backbones.cache_key(f"{base.kind}-{base.name}", base.weights_id, input_size,
+                                  images, layers)
+        cached = backbones.cached_features(trunk, images, key, cache_dir,
+                                           device=resolve_device(config.device),
+                                           progress=progress,
+                                           desc=f"{base.name} {input_size}px {split}")
+        features[split] = cached.features
+        record[split] = {"computed": cached.computed, "seconds": round(cached.seconds, 2),
+                         "n_images": len(images), "file": cached.path.name}
+    computed = [r for r in record.values() if r["computed"]]
+    if computed:
+        seconds = sum(r["seconds"] for r in computed)
+        record["images_per_second"] = round(sum(r["n_images"] for r in computed) / seconds, 1)
+    return features, record
 
-    return save_checkpoint(base.trunk, Path(models_dir) / f"{base.backbone}_{base.name}.pt",
-                           **base.summary())
 
-
-# ---------------------------------------------------------------------------- heads
+def head(kind: str, in_features: int, num_classes: int, config: StudyConfig,
+         seed: int) -> nn.Sequential:
+    """The assignment's top: ``in -> hidden -> classes`` (ReLU, dropout), or linear."""
+    torch.manual_seed(seed)
+    if kind == "linear":
+        return nn.Sequential(nn.Linear(in_features, num_classes))
+    return nn.Sequential(nn.Linear(in_features, config.head_hidden), nn.ReLU(),
+                         nn.Dropout(config.head_dropout),
+                         nn.Linear(config.head_hidden, num_classes))
 
 
 @dataclass
-class HeadRun:
-    """Heads (one per seed) trained on a frozen base's cached features, or whole networks
-    trained end to end (``base`` None)."""
+class Run:
+    """One row's models, all seeds: heads on a frozen base, or whole networks."""
 
-    base: Base | None
-    model_title: str
-    input_size: int
-    task: str
+    name: str  # e.g. imagenet_conv_head_32px_fc
+    title: str
+    method: str  # "frozen", "fine-tuned", "end to end"
     seeds: tuple[int, ...]
     histories: list[History]
-    classes: tuple[int, ...]
-    y_test: torch.Tensor  # digits
-    predictions: torch.Tensor  # (S, N_test) digits
+    y_test: torch.Tensor
+    predictions: torch.Tensor  # (S, N_test)
     train_seconds: float
-    features: dict[str, dict] = field(default_factory=dict)  # split -> computed, seconds
+    base: str | None = None
+    input_size: int | None = None
+    layer: str | None = None
+    head: str = "fc"
+    n_train: int = 0
+    details: dict = field(default_factory=dict)  # features' timing, caching
     metrics: list[dict] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = [evaluate.classification_metrics(self.y_test, p, list(self.classes))
+        self.metrics = [evaluate.classification_metrics(self.y_test, p, list(range(10)))
                         for p in self.predictions]
-
-    @property
-    def name(self) -> str:
-        base = self.base.name if self.base else "scratch"
-        return f"{base}_{self.input_size}px_{self.task}"
 
     @property
     def accuracies(self) -> list[float]:
         return [m["accuracy"] for m in self.metrics]
 
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def val_loss(self) -> float:
+        """Mean over seeds of the validation loss at the kept epoch."""
+        return float(np.mean([h.eval_loss[h.best_epoch - 1] for h in self.histories]))
+
     def summary(self) -> dict:
         return {
-            "model": self.model_title, "base": self.base.name if self.base else None,
-            "input_size": self.input_size, "task": self.task, "seeds": list(self.seeds),
-            "train_seconds": round(self.train_seconds, 1), "features": self.features,
+            "title": self.title, "method": self.method, "base": self.base,
+            "input_size": self.input_size, "layer": self.layer, "head": self.head,
+            "n_train": self.n_train, "seeds": list(self.seeds),
+            "train_seconds": round(self.train_seconds, 1), "details": self.details,
+            "val_loss": round(self.val_loss, 5),
             "accuracy": evaluate.summarize(self.accuracies),
             "per_seed": [{"seed": s, "accuracy": m["accuracy"], "epochs_run": h.epochs_run,
                           "best_epoch": h.best_epoch}
@@ -353,112 +416,280 @@ class HeadRun:
                                             strict=True)],
             "per_class_mean": {
                 key: np.mean([m[key] for m in self.metrics], axis=0).round(5).tolist()
-                for key in ("precision", "recall", "f1")
-            } | {"labels": self.metrics[0]["labels"]},
+                for key in ("precision", "recall", "f1")} | {"labels": list(range(10))},
+            "confusion_mean": np.mean([m["confusion"] for m in self.metrics],
+                                      axis=0).round(2).tolist(),
             "histories": [h.to_dict() for h in self.histories],
         }
 
 
-def base_features(base: Base, input_size: int, splits: dataset.TaskData, config: StudyConfig, *,
-                  cache_dir: Path = paths.FEATURES_DIR, progress: bool = True
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """Features of every split through the frozen base at ``input_size``, cached."""
-    frozen = base.at(input_size)
-    device = resolve_device(config.device)
-    features, record = {}, {}
-    for split in ("train", "val", "test"):
-        images = getattr(splits, f"x_{split}")
-        key = backbones.cache_key(base.backbone, base.weights_id, input_size, images)
-        cached = backbones.cached_features(frozen, images, key, cache_dir, device=device,
-                                           progress=progress,
-                                           desc=f"{base.name} {input_size}px {split}")
-        features[split] = cached.features
-        record[split] = {"computed": cached.computed, "seconds": round(cached.seconds, 2),
-                         "n_images": len(images), "file": cached.path.name}
-    return features, record
-
-
-def train_heads(base: Base, input_size: int, task: str, splits: dataset.TaskData,
-                config: StudyConfig, *, cache_dir: Path = paths.FEATURES_DIR,
-                progress: bool = True) -> HeadRun:
-    """One head per seed on the base's cached features, all seeds at once."""
-    features, record = base_features(base, input_size, splits, config, cache_dir=cache_dir,
-                                     progress=progress)
-    heads = [head(len(splits.classes), config, s) for s in config.seeds]
+def train_heads(features: dict[str, torch.Tensor], splits: dataset.TaskData,
+                config: StudyConfig, *, kind: str = "fc", name: str, title: str,
+                progress: bool = True, **run_fields) -> Run:
+    """One head per seed on cached features ``{split: (N, D)}``, all seeds by one
+    :func:`fit` (seeds grouped as it chooses)."""
+    heads = [head(kind, features["train"].shape[1], 10, config, s) for s in config.seeds]
     start = time.perf_counter()
     histories = fit(heads, features["train"], splits.y_train, config.head_config(),
                     config.seeds, x_eval=features["val"], y_eval=splits.y_val,
-                    device=config.device, progress=progress,
-                    desc=f"heads {base.name} {input_size}px {task}")
+                    device=config.device, progress=progress, desc=f"heads {name}")
     seconds = time.perf_counter() - start
-    classes = torch.tensor(splits.classes)
-    predictions = torch.stack([classes[evaluate.predict(h.cpu(), features["test"])]
-                               for h in heads])
-    title = f"{base.title}, frozen + head, {input_size} px"
-    return HeadRun(base, title, input_size, task, config.seeds, histories, splits.classes,
-                   classes[splits.y_test], predictions, seconds, record)
+    predictions = torch.stack([evaluate.predict(h, features["test"]) for h in heads])
+    return Run(name, title, "frozen", config.seeds, histories, splits.y_test, predictions,
+               seconds, head=kind, n_train=len(splits.y_train), **run_fields)
 
 
-def train_scratch(splits: dataset.TaskData, config: StudyConfig, *, progress: bool = True
-                  ) -> HeadRun:
-    """The same architecture and head trained end to end from a random initialisation."""
+def frozen_runs(base: Base, splits: dataset.TaskData, config: StudyConfig, *,
+                layers: Sequence[str] | None = None, sizes: Sequence[int] | None = None,
+                kind: str = "fc", cache_dir: Path = paths.FEATURES_DIR,
+                progress: bool = True) -> list[Run]:
+    """A frozen base's rows: a ``kind`` head on each of ``layers`` (default: the base's
+    only or first layer) at each of ``sizes`` (default: every input size; the small CNN
+    takes its own 28 px)."""
+    runs = []
+    layers = base.layers(config)[:1] if layers is None else layers
+    sizes = (28,) if base.kind == "cnn" else (config.input_sizes if sizes is None else sizes)
+    for size in sizes:
+        features, record = base_features(base, size, splits, config, cache_dir=cache_dir,
+                                         progress=progress)
+        for layer in layers:
+            at = "" if base.kind == "cnn" else f", {size} px"
+            where = "" if base.kind != "efficientnet" else f", {layer}"
+            runs.append(train_heads(
+                {s: f[layer] for s, f in features.items()}, splits, config, kind=kind,
+                name=f"{base.name}_{layer}_{size}px_{kind}",
+                title=f"{base.title}, frozen + {HEADS[kind]}{where}{at}",
+                progress=progress, base=base.name, input_size=size, layer=layer,
+                details={"features": record}))
+    return runs
+
+
+def select_layer(runs: Sequence[Run]) -> str:
+    """The layer whose heads reach the lowest validation loss (mean over seeds, at the
+    epoch early stopping kept): chosen without the test set."""
+    return min(runs, key=lambda r: r.val_loss).layer
+
+
+def efficientnet_runs(imagenet: Base | None, random: Base, splits: dataset.TaskData,
+                      config: StudyConfig, *, cache_dir: Path = paths.FEATURES_DIR,
+                      progress: bool = True) -> tuple[list[Run], str]:
+    """ImageNet's EfficientNet-Lite0, frozen: an FC head on every feature layer at the
+    first input size; on the layer of lowest validation loss, an FC head at the other
+    sizes and a linear head; random weights at that layer and size (the control).
+    Without the ImageNet base, the layers are compared on the random one.
+    Returns the runs and the chosen layer."""
+    kwargs = {"cache_dir": cache_dir, "progress": progress}
+    first = config.input_sizes[:1]
+    compared = imagenet or random
+    runs = frozen_runs(compared, splits, config, layers=config.feature_layers, sizes=first,
+                       **kwargs)
+    layer = select_layer(runs)
+    if imagenet is not None:
+        runs += frozen_runs(imagenet, splits, config, layers=[layer],
+                            sizes=config.input_sizes[1:], **kwargs)
+        runs += frozen_runs(imagenet, splits, config, layers=[layer], sizes=first,
+                            kind="linear", **kwargs)
+        runs += frozen_runs(random, splits, config, layers=[layer], sizes=first, **kwargs)
+    return runs, layer
+
+
+# ----------------------------------------------------------- fine-tuned, end to end
+
+
+class TopBlocks(nn.Module):
+    """EfficientNet-Lite0 from block ``first`` up (its ``conv_head`` included), global
+    average pooling and a head: trained on the cached output of the blocks below."""
+
+    def __init__(self, net: nn.Module, first: int, top: nn.Module):
+        super().__init__()
+        self.blocks = copy.deepcopy(net.blocks[first:])
+        self.conv_head, self.bn2 = copy.deepcopy(net.conv_head), copy.deepcopy(net.bn2)
+        self.top = top
+        self.requires_grad_(True)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn2(self.conv_head(self.blocks(x.contiguous(
+            memory_format=torch.channels_last))))
+        return self.top(x.mean((2, 3)))
+
+
+class LowerBlocks(nn.Module):
+    """EfficientNet-Lite0's input side, frozen: images -> output of the blocks below
+    ``first`` (``{"lower": (N, C, H, W)}``), to be cached."""
+
+    def __init__(self, net: nn.Module, input_size: int, first: int):
+        super().__init__()
+        self.preprocess = effnet.Preprocess(input_size)
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)
+        self.blocks = net.blocks[:first]
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.preprocess(images).contiguous(memory_format=torch.channels_last)
+        return {"lower": self.blocks(self.stem(x)).contiguous()}
+
+
+def finetune_run(base: Base, splits: dataset.TaskData, config: StudyConfig, *,
+                 cache_dir: Path = paths.FEATURES_DIR, models_dir: Path | None = None,
+                 progress: bool = True) -> Run:
+    """ImageNet's EfficientNet-Lite0 fine-tuned from ``finetune_from`` up, with the FC
+    head, on the cached output of the blocks below (frozen): one network per seed."""
+    first = int(config.finetune_from.split(".")[1])
+    lower_key = {"finetune_from": first}
+    lower = LowerBlocks(base.network, config.finetune_size, first).eval()
+    inputs, record = {}, {}
+    for split in dataset.SPLITS:
+        images = splits.split(split)[0]
+        key = backbones.cache_key(f"efficientnet-{base.name}-lower{first}", base.weights_id,
+                                  config.finetune_size, images, ("lower",))
+        cached = backbones.cached_features(lower, images, key | lower_key, cache_dir,
+                                           device=resolve_device(config.device),
+                                           progress=progress,
+                                           desc=f"lower blocks {config.finetune_size}px {split}")
+        inputs[split] = cached.features["lower"]
+        record[split] = {"computed": cached.computed, "seconds": round(cached.seconds, 2)}
     histories, predictions, seconds = [], [], 0.0
-    classes = torch.tensor(splits.classes)
-    for seed in config.scratch_seeds:
-        network = nn.Sequential(
-            backbones.build_base(config.backbone, config.pretrain_input_size, seed=seed),
-            head(len(splits.classes), config, seed),
-        )
-        start = time.perf_counter()
-        histories.append(train_network(network, splits, config.pretrain_config(), seed,
-                                       device=config.device, progress=progress,
-                                       desc=f"end to end, seed {seed}"))
-        seconds += time.perf_counter() - start
-        predictions.append(classes[evaluate_network(network, splits.x_test, splits.y_test)[1]])
-    title = (f"{backbones.display_name(config.backbone)} + head trained end to end from "
-             f"scratch, {config.pretrain_input_size} px")
-    return HeadRun(None, title, config.pretrain_input_size, "full", config.scratch_seeds,
-                   histories, splits.classes, classes[splits.y_test], torch.stack(predictions),
-                   seconds)
+    for seed in config.seeds:
+        what = {"name": f"finetuned-from-{config.finetune_from}", "seed": seed,
+                "base": base.weights_id, "size": config.finetune_size,
+                "config": asdict(config.finetune_config()), "head": [config.head_hidden,
+                                                                    config.head_dropout],
+                "images": backbones.tensor_fingerprint(splits.x_train)}
+
+        def build(seed=seed):
+            top = head("fc", effnet.LAYERS["conv_head"], 10, config, seed)
+            return TopBlocks(base.network, first, top)
+
+        def train(network, seed=seed):
+            start = time.perf_counter()
+            history = fit_network(network, inputs["train"], splits.y_train,
+                                  config.finetune_config(), seed, x_val=inputs["val"],
+                                  y_val=splits.y_val, device=config.device, progress=progress,
+                                  desc=f"fine-tune from {config.finetune_from}, seed {seed}")
+            return {"history": history.to_dict(), "seconds": time.perf_counter() - start}
+
+        network, result = cached_network(what, build, train, models_dir)
+        seconds += result["seconds"]
+        histories.append(_history(result["history"]))
+        predictions.append(evaluate_network(network, inputs["test"], splits.y_test)[1])
+    n = len(splits.y_train)
+    return Run(f"imagenet_finetuned_{config.finetune_size}px_{n}",
+               f"{base.title}, fine-tuned from {config.finetune_from} up + FC head, "
+               f"{config.finetune_size} px, {n:,} training images", "fine-tuned", config.seeds, histories,
+               splits.y_test, torch.stack(predictions), seconds, base=base.name,
+               input_size=config.finetune_size, layer=config.finetune_from,
+               n_train=len(splits.y_train), details={"lower_blocks": record})
+
+
+def _history(record: dict) -> History:
+    record = dict(record)
+    record.pop("epochs_run", None)
+    return History(**record)
+
+
+class EndToEnd(nn.Module):
+    """EfficientNet-Lite0 with the FC head, every weight trainable, from images."""
+
+    def __init__(self, input_size: int, top: nn.Module, seed: int):
+        super().__init__()
+        self.preprocess = effnet.Preprocess(input_size)
+        torch.manual_seed(seed)
+        import timm
+
+        self.net = timm.create_model(effnet.TIMM_NAME, num_classes=0, drop_rate=0.0)
+        self.net.to(memory_format=torch.channels_last)
+        self.top = top
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images).contiguous(memory_format=torch.channels_last)
+        return self.top(self.net(x))
+
+
+def scratch_run(splits: dataset.TaskData, config: StudyConfig, *,
+                models_dir: Path | None = None, progress: bool = True) -> Run:
+    """The same network and head trained end to end from a random initialisation, on
+    ``splits``' training images (the caller picks the subset)."""
+    histories, predictions, seconds = [], [], 0.0
+    for seed in config.seeds:
+        what = {"name": "scratch", "seed": seed, "size": config.scratch_size,
+                "config": asdict(config.scratch_config()), "head": [config.head_hidden,
+                                                                   config.head_dropout],
+                "images": backbones.tensor_fingerprint(splits.x_train)}
+
+        def build(seed=seed):
+            return EndToEnd(config.scratch_size, head("fc", effnet.LAYERS["conv_head"], 10,
+                                                      config, seed), seed)
+
+        def train(network, seed=seed):
+            start = time.perf_counter()
+            history = fit_network(network, splits.x_train, splits.y_train,
+                                  config.scratch_config(), seed, x_val=splits.x_val,
+                                  y_val=splits.y_val, device=config.device, progress=progress,
+                                  desc=f"end to end from scratch, seed {seed}")
+            return {"history": history.to_dict(), "seconds": time.perf_counter() - start}
+
+        network, result = cached_network(what, build, train, models_dir)
+        seconds += result["seconds"]
+        histories.append(_history(result["history"]))
+        predictions.append(evaluate_network(network, splits.x_test, splits.y_test)[1])
+    n = len(splits.y_train)
+    return Run(f"scratch_{config.scratch_size}px_{n}", f"{effnet.DISPLAY_NAME} + FC head, "
+               f"end to end from scratch, {config.scratch_size} px, {n:,} training images",
+               "end to end", config.seeds, histories, splits.y_test, torch.stack(predictions),
+               seconds, input_size=config.scratch_size, n_train=n)
+
+
+def few_label_head_run(imagenet: Base, few: dataset.TaskData, config: StudyConfig,
+                       layer: str, *, cache_dir: Path = paths.FEATURES_DIR,
+                       progress: bool = True) -> Run:
+    """ImageNet's frozen base + FC head on the scratch network's training images: the
+    comparison at equal labels."""
+    features, record = base_features(imagenet, config.scratch_size, few, config,
+                                     cache_dir=cache_dir, progress=progress)
+    n = len(few.y_train)
+    return train_heads({s: f[layer] for s, f in features.items()}, few, config,
+                       name=f"imagenet_{layer}_{config.scratch_size}px_fc_{n}",
+                       title=f"{imagenet.title}, frozen + FC head, {layer}, "
+                             f"{config.scratch_size} px, {n:,} training images",
+                       progress=progress, base="imagenet", input_size=config.scratch_size,
+                       layer=layer, details={"features": record})
 
 
 # ----------------------------------------------------------------------- result rows
 
 
-def result_row(run: HeadRun) -> dict:
-    protocol = "digit split" if run.task in OTHER_PARITY else (
-        "frozen base + head" if run.base else "end to end")
-    reference = ASSIGNMENT_ACCURACY if run.task == "full" else None
-    model = run.model_title
-    if run.base is not None and run.base.source_task in OTHER_PARITY:
-        model += f" ({run.base.source_task}→{run.task})"
-    return {"study": STUDY, "protocol": protocol, "model": model, "task": run.task,
+def result_row(run: Run) -> dict:
+    return {"study": STUDY, "protocol": run.method, "model": run.title, "task": "full",
             "metric": "test_accuracy", **evaluate.summarize(run.accuracies),
-            "reference": reference, "reference_source": "assignment" if reference else None,
-            "note": None}
+            "reference": ASSIGNMENT_ACCURACY, "reference_source": "assignment", "note": None}
 
 
-def not_run_rows(config: StudyConfig, reason: str) -> list[dict]:
-    """The ImageNet rows, without numbers, saying why they were not run."""
-    title = f"{backbones.display_name(config.backbone)}, {BASE_TITLES['imagenet']}"
-    return [{"study": STUDY, "protocol": "frozen base + head",
-             "model": f"{title}, frozen + head, {size} px", "task": "full",
-             "metric": "test_accuracy", "mean": None, "std": None, "ci95_low": None,
-             "ci95_high": None, "n_seeds": 0, "reference": ASSIGNMENT_ACCURACY,
-             "reference_source": "assignment", "note": reason}
-            for size in config.input_sizes]
+def not_run_rows(title: str, sizes: Sequence[int], reason: str) -> list[dict]:
+    """Rows without numbers for a base that could not be loaded, saying why."""
+    return [{"study": STUDY, "protocol": "frozen", "model": f"{title}, frozen + FC head, "
+             f"{size} px", "task": "full", "metric": "test_accuracy", "mean": None,
+             "std": None, "ci95_low": None, "ci95_high": None, "n_seeds": 0,
+             "reference": ASSIGNMENT_ACCURACY, "reference_source": "assignment",
+             "note": reason} for size in sizes]
+
+
+def torchvision_title(config: StudyConfig) -> str:
+    return f"{backbones.display_name(config.torchvision_backbone)}, ImageNet weights"
 
 
 def pretraining_row(base: Base) -> dict:
     return {"study": STUDY, "protocol": "pretraining",
-            "model": f"{backbones.display_name(base.backbone)} with a linear top, "
-                     f"{BASE_TITLES[base.name]} (its own test set)",
-            "task": base.source_task, "metric": "test_accuracy",
+            "model": f"{base.title}, with its classifier (its own test set)",
+            "task": "fashion-mnist", "metric": "test_accuracy",
             **evaluate.summarize([base.source_accuracy]), "reference": None,
             "reference_source": None, "note": None}
 
 
-def write_metrics(rows: list[dict], bases: Sequence[Base], runs: Sequence[HeadRun],
+def metrics_path(reports_dir=None) -> Path:
+    return paths.metrics_dir(reports_dir) / "pretrained.json"
+
+
+def write_metrics(rows: list[dict], bases: Sequence[Base], runs: Sequence[Run],
                   config: StudyConfig, reports_dir=None, **extra) -> Path:
     """``<reports_dir>/metrics/pretrained.json``."""
     return write_json(metrics_path(reports_dir), {
@@ -471,98 +702,30 @@ def write_metrics(rows: list[dict], bases: Sequence[Base], runs: Sequence[HeadRu
     })
 
 
-def metrics_path(reports_dir=None) -> Path:
-    return paths.metrics_dir(reports_dir) / "pretrained.json"
+def best(runs: Sequence[Run], base: str | None = None) -> Run:
+    """The run with the highest mean test accuracy (of ``base`` if given): for the
+    reader's figures only; nothing is selected on the test set."""
+    candidates = [r for r in runs if base is None or r.base == base] or list(runs)
+    return max(candidates, key=lambda r: r.mean)
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def accuracy_vs_input_size(runs: Sequence[HeadRun]) -> plt.Figure:
-    """Test accuracy (mean, min-max over seeds) against input size, one line per base."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    by_base: dict[str, list[HeadRun]] = {}
-    for run in runs:
-        if run.base is not None and run.task == "full":
-            by_base.setdefault(run.base.title, []).append(run)
-    for title, group in by_base.items():
-        group = sorted(group, key=lambda r: r.input_size)
-        sizes = [r.input_size for r in group]
-        mean = [np.mean(r.accuracies) for r in group]
-        low = [m - min(r.accuracies) for m, r in zip(mean, group, strict=True)]
-        high = [max(r.accuracies) - m for m, r in zip(mean, group, strict=True)]
-        ax.errorbar(sizes, mean, yerr=[low, high], marker="o", capsize=3, label=title)
-    ax.axhline(ASSIGNMENT_ACCURACY, color="grey", linestyle="--", label="assignment's claim")
-    ax.set(xlabel="input size (px)", ylabel="test accuracy (%)",
-           title="Frozen base + head on 10-class MNIST")
-    ax.set_xticks(sorted({r.input_size for r in runs}))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def feature_map(features: dict[str, torch.Tensor], digits: torch.Tensor,
-                max_points: int = 2000, seed: int = 0) -> plt.Figure:
-    """Each base's frozen features of test images projected on their first two principal
-    components, coloured by digit: separable clusters are what a head can use."""
+def tsne_subset(digits: torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
+    """A fixed, stratified choice of ``per_class`` test images per digit (sorted)."""
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(digits), size=min(max_points, len(digits)), replace=False))
-    fig, axes = plt.subplots(1, len(features), figsize=(4 * len(features), 4), squeeze=False)
-    for ax, (title, x) in zip(axes[0], features.items(), strict=True):
-        points = PCA(n_components=2, random_state=seed).fit_transform(x[pick].numpy())
-        scatter = ax.scatter(points[:, 0], points[:, 1], c=digits[pick].numpy(), cmap="tab10",
-                             s=4, vmin=-0.5, vmax=9.5)
-        ax.set(title=title, xticks=[], yticks=[])
-    fig.colorbar(scatter, ax=axes[0].tolist(), ticks=range(10), label="digit")
-    return fig
+    labels = digits.numpy()
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == d),
+                                              size=min(per_class, int((labels == d).sum())),
+                                              replace=False) for d in range(10)]))
 
 
-# ----------------------------------------------------------------------- conclusions
+def tsne_maps(features: dict[str, torch.Tensor], seed: int = 0) -> dict[str, np.ndarray]:
+    """2-D t-SNE embeddings (scikit-learn) of each feature space's rows, seeded."""
+    from sklearn.manifold import TSNE
 
-
-def _mean(run: HeadRun) -> float:
-    return float(np.mean(run.accuracies))
-
-
-def conclusions(runs: Sequence[HeadRun], scratch: HeadRun | None, transfers: Sequence[HeadRun],
-                bases: dict[str, Base], imagenet_not_run: str | None):
-    """The notebook's conclusions, written from the run's numbers (Markdown)."""
-    from IPython.display import Markdown
-
-    full = [r for r in runs if r.task == "full"]
-    best = max(full, key=_mean)
-    lines = [f"- Best frozen base + head: {best.model_title}, {_mean(best):.2f} % "
-             f"({_mean(best) - ASSIGNMENT_ACCURACY:+.2f} points from the assignment's "
-             f"{ASSIGNMENT_ACCURACY} %)."]
-    for size in sorted({r.input_size for r in full}):
-        by_base = {r.base.name: r for r in full if r.input_size == size}
-        if "fashion" in by_base and "random" in by_base:
-            fashion, random = by_base["fashion"], by_base["random"]
-            gain = _mean(fashion) - _mean(random)
-            spread = max(np.std(fashion.accuracies, ddof=1) if len(fashion.seeds) > 1 else 0,
-                         np.std(random.accuracies, ddof=1) if len(random.seeds) > 1 else 0)
-            verdict = (" — within the seeds' spread (std up to "
-                       f"{spread:.2f}), so no measurable difference" if abs(gain) <= spread
-                       else "")
-            lines.append(f"- At {size} px, pretraining on Fashion-MNIST "
-                         f"({bases['fashion'].source_accuracy:.2f} % on its own test set) "
-                         f"{'adds' if gain >= 0 else 'costs'} {abs(gain):.2f} points over the "
-                         f"random base: {_mean(fashion):.2f} % against {_mean(random):.2f} %"
-                         f"{verdict}.")
-        if "imagenet" in by_base:
-            lines.append(f"- At {size} px the ImageNet base gives "
-                         f"{_mean(by_base['imagenet']):.2f} %.")
-    if imagenet_not_run:
-        lines.append("- The ImageNet rows were not run here: "
-                     f"{imagenet_not_run.removeprefix('not run: ').split('. ')[0]}.")
-    if scratch is not None:
-        lines.append(f"- Trained end to end from scratch, the same network reaches "
-                     f"{_mean(scratch):.2f} % ({len(scratch.seeds)} seed(s)), "
-                     f"{_mean(scratch) - _mean(best):+.2f} points from the best frozen base: "
-                     "the gap between training everything and training only the head.")
-    for run in transfers:
-        lines.append(f"- Digit split {run.base.source_task}→{run.task}: a base pretrained on "
-                     f"MNIST-{run.base.source_task.capitalize()} "
-                     f"({run.base.source_accuracy:.2f} % there), frozen, gives the head "
-                     f"{_mean(run):.2f} % on MNIST-{run.task.capitalize()}.")
-    return Markdown("\n".join(lines))
+    maps = {}
+    for title, x in features.items():
+        x = x.double().numpy()
+        x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+        maps[title] = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed,
+                           max_iter=1000).fit_transform(x)
+    return maps
