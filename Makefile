@@ -55,8 +55,9 @@ test: setup  ## run every test: unit, integration and nbval on the notebooks' sm
 lab: setup  ## open the notebooks in JupyterLab with the project's environment
 	$(RUN) jupyter lab notebooks/
 
-bench: setup  ## training speed: our trainer vs the tutorial loop, scikit-learn, the compute floor
+bench: setup  ## speed against the compute floor: training (vs the tutorial loop, scikit-learn), frozen-base features
 	$(RUN) python benchmarks/bench_training.py
+	$(RUN) python benchmarks/bench_features.py
 
 fashion-mnist-mirror:  ## offline Debian/Ubuntu: install Fashion-MNIST from the package dataset-fashion-mnist
 	tools/install_fashion_mnist_mirror.sh

@@ -1,0 +1,215 @@
+"""The "When does transfer pay" part of the report and of notebook 06: figures, tables
+and conclusions written from ``metrics/when_transfer_pays.json`` alone (the report stage
+never imports the training code)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_tl.io import read_json
+
+STUDY = "when-transfer-pays"
+METRICS_FILE = "when_transfer_pays.json"
+SPLIT_TITLES = {"even-to-odd": "MNIST-Even → MNIST-Odd", "odd-to-even": "MNIST-Odd → MNIST-Even",
+                "low-to-high": "digits 0-4 → 5-9"}
+NETWORK_TITLES = {"mlp": "MLP 784-500", "cnn": "small CNN"}
+METHOD_TITLES = {"scratch": "from scratch", "frozen": "transfer, frozen features",
+                 "finetune": "transfer, fine-tuned"}
+KERAS_EXAMPLE_ACCURACY = 99.2
+CNN_GOAL = 99.3
+
+
+def figure_name(split: str) -> str:
+    return f"06_label_efficiency_{split.replace('-', '_')}"
+
+
+def _n(n: int) -> str:
+    return "all" if n == 0 else str(n)
+
+
+def points_frame(metrics: dict) -> pd.DataFrame:
+    return pd.DataFrame(metrics["points"])
+
+
+def curves_figure(metrics: dict, split: str):
+    """Test accuracy against labels per class (log axis; "all" at the mean per class),
+    mean and 95 % band over seeds, one curve per method, a panel per network."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from mnist_tl.plots import PALETTE
+
+    points = points_frame(metrics)
+    points = points[points.split == split]
+    networks = list(dict.fromkeys(points.network))
+    fig, axes = plt.subplots(1, len(networks), figsize=(5.2 * len(networks), 4.2),
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, network in zip(axes[0], networks, strict=True):
+        part = points[points.network == network]
+        for colour, (method, title) in zip(PALETTE, METHOD_TITLES.items()):
+            line = part[part.method == method].sort_values("per_class")
+            if line.empty:
+                continue
+            ax.plot(line.per_class, line["mean"], "o-", color=colour, ms=4, label=title)
+            low = line.ci95_low.fillna(line["mean"])
+            high = line.ci95_high.fillna(line["mean"])
+            ax.fill_between(line.per_class, low, high, color=colour, alpha=0.2, lw=0)
+        ticks = sorted(set(part.per_class))
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [_n(int(n)) if n == int(n) and n < 1e4 and
+                              (part.labels_per_class == n).any() else "all"
+                              for n in ticks], fontsize=8)
+        ax.minorticks_off()
+        ax.set_title(NETWORK_TITLES.get(network, network), fontsize=10)
+        ax.set_xlabel("labelled target images per class")
+        ax.grid(color="0.92")
+        sns.despine(ax=ax)
+    axes[0, 0].set_ylabel("test accuracy on the target (%)")
+    axes[0, -1].legend(frameon=False, fontsize=8, loc="lower right")
+    fig.suptitle(f"{SPLIT_TITLES.get(split, split)}: when does transfer pay? "
+                 f"(mean and 95 % interval over {int(points.n_seeds.max())} seeds)", fontsize=11)
+    return fig
+
+
+def accuracy_table(metrics: dict, network: str, split: str) -> pd.DataFrame:
+    """Mean ± std per n (rows) and method (columns)."""
+    points = points_frame(metrics)
+    part = points[(points.network == network) & (points.split == split)].copy()
+    part["cell"] = [f"{m:.2f} ± {s:.2f}" if s == s else f"{m:.2f}"
+                    for m, s in zip(part["mean"], part["std"], strict=True)]
+    table = part.pivot(index="labels_per_class", columns="method", values="cell")
+    order = sorted(table.index, key=lambda n: math.inf if n == 0 else n)
+    table = table.loc[order, [m for m in METHOD_TITLES if m in table.columns]]
+    table.index = [_n(n) for n in table.index]
+    table.index.name = "labels per class"
+    return table.rename(columns=METHOD_TITLES)
+
+
+def crossover_frame(metrics: dict) -> pd.DataFrame:
+    """Per network, split and transfer method: the largest n at which transfer beats
+    scratch significantly (paired t-test over seeds, p < 0.05), and where it loses."""
+    rows = []
+    for c in metrics["crossovers"]:
+        better, worse = c["better_up_to"], c["worse_from"]
+        rows.append({"network": NETWORK_TITLES.get(c["network"], c["network"]),
+                     "split": SPLIT_TITLES.get(c["split"], c["split"]),
+                     "transfer": METHOD_TITLES[c["method"]],
+                     "significantly better up to n =": "never" if better is None else _n(better),
+                     "significantly worse from n =": "never" if worse is None else _n(worse)})
+    return pd.DataFrame(rows)
+
+
+def _point(metrics: dict, network: str, split: str, method: str, n: int = 0) -> dict | None:
+    for p in metrics["points"]:
+        if (p["network"], p["split"], p["method"], p["labels_per_class"]) == (
+                network, split, method, n):
+            return p
+    return None
+
+
+def _acc(point: dict | None) -> str:
+    if point is None:
+        return "—"
+    ci = ("" if point["ci95_low"] is None or point["ci95_low"] != point["ci95_low"]
+          else f" [{point['ci95_low']:.2f}, {point['ci95_high']:.2f}]")
+    return f"{point['mean']:.2f}{ci}"
+
+
+def cnn_frame(metrics: dict) -> pd.DataFrame:
+    """The convolutional base at all labels: frozen convolutions + dense layers retrained,
+    against the same network trained on the target and fine-tuned, beside the Keras
+    example's 99.2 % (its split, 0-4 -> 5-9)."""
+    rows = []
+    for split in metrics["config"]["splits"]:
+        if _point(metrics, "cnn", split, "frozen") is None:
+            continue
+        frozen = _point(metrics, "cnn", split, "frozen")
+        rows.append({"split": SPLIT_TITLES.get(split, split),
+                     "frozen convolutions, dense retrained": _acc(frozen),
+                     "fine-tuned": _acc(_point(metrics, "cnn", split, "finetune")),
+                     "trained on the target": _acc(_point(metrics, "cnn", split, "scratch")),
+                     f"goal {CNN_GOAL} % (frozen)": "met" if frozen["mean"] >= CNN_GOAL
+                     else "not met",
+                     "Keras example": f"{KERAS_EXAMPLE_ACCURACY}" if split == "low-to-high"
+                     else "—"})
+    return pd.DataFrame(rows)
+
+
+def conclusions(metrics: dict) -> str:
+    """A few sentences, each with its evidence, from the numbers of this run."""
+    lines = []
+    seeds = len(metrics["config"]["seeds"])
+    for c in metrics["crossovers"]:
+        network = NETWORK_TITLES.get(c["network"], c["network"])
+        split = SPLIT_TITLES.get(c["split"], c["split"])
+        method = METHOD_TITLES[c["method"]]
+        smallest = min(p["labels_per_class"] for p in metrics["points"] if p["labels_per_class"])
+        low_scratch = _point(metrics, c["network"], c["split"], "scratch", smallest)
+        low_transfer = _point(metrics, c["network"], c["split"], c["method"], smallest)
+        gain = (f" (at {smallest} per class: {low_transfer['mean']:.1f} % against "
+                f"{low_scratch['mean']:.1f} % from scratch)"
+                if low_scratch and low_transfer else "")
+        if c["better_up_to"] is None:
+            verdict = "is never significantly better than training from scratch"
+        elif c["better_up_to"] == 0:
+            verdict = "is significantly better than scratch at every n up to all labels"
+        else:
+            verdict = f"is significantly better than scratch up to n = {c['better_up_to']}"
+        worse = ("" if c["worse_from"] is None else
+                 f"; it is significantly worse from n = {_n(c['worse_from'])}")
+        lines.append(f"- **{network}, {split}, {method}** {verdict}{gain}{worse}.")
+    cnn = cnn_frame(metrics)
+    if not cnn.empty:
+        met = (cnn[f"goal {CNN_GOAL} % (frozen)"] == "met").sum()
+        lines.append(f"- **The CNN at all labels, frozen convolutions**: the {CNN_GOAL} % goal is "
+                     f"met on {met} of {len(cnn)} splits (table above).")
+    lines.append(f"- Significance: paired t-tests over {seeds} seeds that share their subsets, "
+                 "p < 0.05, at each n separately (no correction for the number of n).")
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(frame: pd.DataFrame, index: bool = False) -> str:
+    return frame.to_markdown(index=index) + "\n"
+
+
+def markdown(metrics_dir: Path, figures: str = "figures") -> str | None:
+    """The report's section, or None before the study has run."""
+    path = Path(metrics_dir) / METRICS_FILE
+    if not path.exists():
+        return None
+    metrics = read_json(path)
+    config = metrics["config"]
+    parts = [
+        "## When does transfer pay (notebook 06)\n",
+        "A five-digit target gets **n labelled training images per class**; a base "
+        "trained on all of the other five digits' labels is transferred with its feature "
+        "layers frozen (the MLP's hidden layer; the CNN's convolutions, its dense layer "
+        "retrained) or fine-tuned whole, against the same network trained from scratch on "
+        f"the same subset. {len(config['seeds'])} seeds per point, each with its own "
+        "stratified subset (nested in n) and its own base; test accuracy on every test "
+        "image of the target's digits. Early stopping watches a validation set as large as "
+        "the training set (n more labels per class from the target's validation split; the "
+        f"whole split at \"all\"), with at least {config['min_steps']} steps per run: the "
+        "test set selects nothing. Adam, learning rate "
+        f"{config['lr']} ({config['finetune_lr']} to fine-tune).\n",
+    ]
+    for split in config["splits"]:
+        parts.append(f"![{SPLIT_TITLES[split]}]({figures}/{figure_name(split)}.png)\n")
+        parts.append(f"*{SPLIT_TITLES[split]}: test accuracy against labelled images per "
+                     "class, mean and 95 % interval over seeds.*\n")
+    parts += ["### Where transfer stops paying\n", _md_table(crossover_frame(metrics)),
+              "### The convolutional base at all labels\n", _md_table(cnn_frame(metrics)),
+              "### Conclusions\n", conclusions(metrics),
+              f"Every point's numbers: `reports/results.csv` (study `{metrics['study']}`) and "
+              "`reports/plots/label_efficiency/` (`dvc plots show`).\n"]
+    return "\n".join(parts)
+
+
+def seconds_frame(metrics: dict) -> pd.DataFrame:
+    """Training time (all seeds) per network, split and method, summed over n."""
+    points = points_frame(metrics)
+    table = points.groupby(["network", "split", "method"], sort=False)["seconds"].sum()
+    return table.round(1).unstack("method")
