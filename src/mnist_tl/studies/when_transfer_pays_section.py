@@ -54,8 +54,9 @@ def curves_figure(metrics: dict, split: str):
             if line.empty:
                 continue
             ax.plot(line.per_class, line["mean"], "o-", color=colour, ms=4, label=title)
-            low = line.ci95_low.fillna(line["mean"])
-            high = line.ci95_high.fillna(line["mean"])
+            # a t-interval over few seeds can pass 0 or 100 %; accuracy cannot
+            low = line.ci95_low.fillna(line["mean"]).clip(lower=0)
+            high = line.ci95_high.fillna(line["mean"]).clip(upper=100)
             ax.fill_between(line.per_class, low, high, color=colour, alpha=0.2, lw=0)
         ticks = sorted(set(part.per_class))
         ax.set_xscale("log")

@@ -1,0 +1,510 @@
+"""When does transfer pay? (notebook 06): label-efficiency curves on digit splits.
+
+A target task of five digits (MNIST-Odd, MNIST-Even, or the Keras example's 5-9) gets
+``n`` labelled training images per class, ``n`` in ``labels_per_class`` (0: all of
+them). Each seed draws its own stratified subset, nested in ``n`` (a seed's 10 per class
+contain its 5 per class), and three methods train on the same subset:
+
+- ``scratch``: the network trained on the target alone;
+- ``frozen``: a base trained on all of the source's labels, its feature layers frozen
+  (the MLP's hidden layer; the CNN's convolutions), the layers above trained on the
+  target: the CNN's dense layer starts from the base's weights, every output layer is new;
+- ``finetune``: the whole base trained on the target from its weights, with a new
+  output layer (``finetune_lr``; by default the same as scratch's, so that only the
+  starting point differs: at a tenth of it, 8 epochs did not reach the validation
+  minimum on the full target).
+
+Model selection never sees the test set: a run stops early on the loss of a validation
+set drawn from the target's validation split, as large as its training set (``n`` more
+labels per class; the whole split at "all"). A small set takes an epoch in a step or
+two, so every run gets at least ``min_steps`` steps, and a patience in the same
+proportion. Seed ``s``'s base is the network trained with seed ``s`` on all of the
+source's labels, which is also seed ``s``'s "scratch" run at "all" on that task: the
+four digit groups' full runs are trained once and serve as both.
+
+The MLP (the slide deck's 784-500) trains all seeds at once (:func:`~mnist_tl.modeling.
+train.fit`); the CNN per seed with autograd, except frozen, whose convolutions run once
+per image and whose dense layers train on the cached output, all seeds at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from mnist_tl import config as paths
+from mnist_tl import dataset, evaluate
+from mnist_tl.io import write_json, write_text
+from mnist_tl.modeling.models import build_model
+from mnist_tl.modeling.small_cnn import small_cnn
+from mnist_tl.modeling.train import TrainConfig, fit, fit_network, resolve_device
+from mnist_tl.provenance import environment
+from mnist_tl.studies.when_transfer_pays_section import (
+    KERAS_EXAMPLE_ACCURACY,
+    METHOD_TITLES,
+    NETWORK_TITLES,
+    STUDY,
+)
+
+GROUPS = {"even": (0, 2, 4, 6, 8), "odd": (1, 3, 5, 7, 9),
+          "low": (0, 1, 2, 3, 4), "high": (5, 6, 7, 8, 9)}
+SPLITS = {"even-to-odd": ("even", "odd"), "odd-to-even": ("odd", "even"),
+          "low-to-high": ("low", "high")}  # the Keras example's 0-4 -> 5-9
+NETWORKS = NETWORK_TITLES
+METHODS = METHOD_TITLES
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The study's settings (params.yaml ``when_transfer_pays`` and ``data``)."""
+
+    labels_per_class: tuple[int, ...] = (1, 5, 10, 30, 100, 300, 1000, 0)  # 0: all
+    networks: tuple[str, ...] = ("mlp", "cnn")
+    splits: tuple[str, ...] = tuple(SPLITS)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    lr: float = 1e-3  # Adam: bases, scratch, the frozen base's trained layers
+    finetune_lr: float = 1e-3  # Adam: the fine-tuned base (as scratch: only the start differs)
+    batch_size: int = 128
+    epochs: int = 6  # maximum epochs at "all"; smaller sets get at least min_steps steps
+    patience: int = 2  # epochs at "all"; in proportion for smaller sets
+    min_steps: int = 100
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    source_subset: int = 0  # > 0: a stratified subset of each group's training images (smoke)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.labels_per_class or any(
+                not isinstance(n, int) or n < 0 for n in self.labels_per_class):
+            raise ValueError("labels_per_class must be integers >= 0 (0: all), got "
+                             f"{self.labels_per_class!r}.")
+        for name, value, known in (("networks", self.networks, NETWORKS),
+                                   ("splits", self.splits, SPLITS)):
+            unknown = [v for v in value if v not in known]
+            if not value or unknown:
+                raise ValueError(f"{name} must name some of {sorted(known)}, got {value!r}.")
+        if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be at least two distinct seeds (a paired test), "
+                             f"got {self.seeds!r}.")
+        dataset.check_val_fraction(self.val_fraction)
+        if self.val_fraction == 0:
+            raise ValueError("early stopping needs a validation split: val_fraction > 0.")
+        for name in ("min_steps", "source_subset"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        self.train_config(1000)  # validates lr, batch size, epochs, patience
+
+    @classmethod
+    def from_params(cls, n_seeds: int, **kwargs) -> StudyConfig:
+        """From notebook parameters: a seed count, lists as lists or comma-separated
+        strings (how DVC passes them)."""
+        for name in ("labels_per_class", "networks", "splits"):
+            value = kwargs.get(name)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if value is not None:
+                kwargs[name] = tuple(int(v) if name == "labels_per_class" else v for v in value)
+        return cls(seeds=tuple(range(n_seeds)), **kwargs)
+
+    def train_config(self, n_images: int, *, finetune: bool = False) -> TrainConfig:
+        """Adam with early stopping; at least ``min_steps`` steps however small the set,
+        the patience scaled with the epochs."""
+        batch = max(1, min(self.batch_size, n_images))
+        steps_per_epoch = math.ceil(n_images / batch)
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        patience = max(self.patience, math.ceil(self.patience * epochs / self.epochs))
+        return TrainConfig(optimizer="adam", lr=self.finetune_lr if finetune else self.lr,
+                           batch_size=batch, epochs=epochs, early_stopping=True,
+                           patience=patience)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def group_data(group: str, arrays: dataset.Arrays, config: StudyConfig) -> dataset.TaskData:
+    """One digit group, labels 0..4 in the order of its digits: the stratified, seeded
+    validation split of :func:`mnist_tl.dataset.split_indices` (the same images for the
+    even and odd groups), every test image of its digits."""
+    digits = GROUPS[group]
+    labels = arrays.train_labels.numpy()
+    pool = np.flatnonzero(np.isin(labels, digits))
+    train, val = train_test_split(pool, test_size=config.val_fraction, stratify=labels[pool],
+                                  random_state=config.split_seed)
+    train, val = np.sort(train), np.sort(val)
+    if 0 < config.source_subset < len(train):
+        keep, _ = train_test_split(np.arange(len(train)), train_size=config.source_subset,
+                                   stratify=labels[train], random_state=config.split_seed)
+        train = train[np.sort(keep)]
+    test = np.flatnonzero(np.isin(arrays.test_labels.numpy(), digits))
+
+    def take(images, all_labels, idx):
+        idx = torch.from_numpy(idx)
+        return images[idx], dataset.remap_labels(all_labels[idx], digits)
+
+    return dataset.TaskData(group, digits, "index",
+                            *take(arrays.train_images, arrays.train_labels, train),
+                            *take(arrays.train_images, arrays.train_labels, val),
+                            *take(arrays.test_images, arrays.test_labels, test))
+
+
+def labelled_subset(labels: torch.Tensor | np.ndarray, per_class: int, seed: int,
+                    stream: int = 0) -> np.ndarray:
+    """Indices of ``per_class`` images of each class of ``labels`` (0: all, in order),
+    drawn by a generator seeded by ``(seed, stream)``: a seed's subsets are nested in
+    ``per_class``. Class by class (each class's indices sorted), so that every seed's
+    subset has the same labels in the same order. Only ever given training or
+    validation labels."""
+    labels = np.asarray(labels)
+    if per_class == 0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, stream])
+    picked = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if per_class > len(members):
+            raise ValueError(f"{per_class} labels per class asked, class {label} has "
+                             f"{len(members)}; lower labels_per_class.")
+        picked.append(np.sort(rng.permutation(members)[:per_class]))
+    return np.concatenate(picked)
+
+
+@dataclass
+class Subsets:
+    """Each seed's training and validation images at one ``n``, uint8 ``(S, N, 28, 28)``,
+    and their labels ``(N,)``, the same for every seed (:func:`labelled_subset`)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+    @property
+    def n_images(self) -> int:
+        return len(self.y_train)
+
+
+def seed_subsets(target: dataset.TaskData, per_class: int, seeds: Sequence[int]) -> Subsets:
+    def stack(x: torch.Tensor, y: torch.Tensor, stream: int):
+        picks = [labelled_subset(y, per_class, s, stream) for s in seeds]
+        labels = {tuple(y[p].tolist()) for p in picks}
+        assert len(labels) == 1, "a subset's labels must not depend on its seed"
+        return torch.stack([x[p] for p in picks]), y[picks[0]]
+
+    return Subsets(*stack(target.x_train, target.y_train, 0),
+                   *stack(target.x_val, target.y_val, 1))
+
+
+# -------------------------------------------------------------------------- networks
+
+
+def new_network(network: str, seed: int) -> nn.Module:
+    """A freshly initialised 5-way network: the MLP of the slide deck, or the small CNN."""
+    if network == "mlp":
+        return build_model("mlp", num_classes=5, seed=seed)
+    return small_cnn(5, seed=seed)
+
+
+def frozen_part(network: str, base: nn.Module) -> nn.Module:
+    """What the frozen method keeps fixed: the MLP's hidden layer, the CNN's convolutions."""
+    return base.features if network == "mlp" else base.convolutions
+
+
+def trained_part(network: str, base: nn.Module, seed: int) -> nn.Sequential:
+    """What the frozen method trains, above :func:`frozen_part`: a new output layer (the
+    CNN's dense layer, copied from the base, with it), seeded by ``seed``."""
+    torch.manual_seed(seed)
+    head = nn.Linear(base.head.in_features, base.head.out_features)
+    if network == "mlp":
+        return nn.Sequential(head)
+    return nn.Sequential(*copy.deepcopy(base.dense), head)
+
+
+def finetuned(base: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``base``, every weight trainable, its output layer re-initialised."""
+    model = copy.deepcopy(base)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    torch.manual_seed(seed)
+    model.head.reset_parameters()
+    return model
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(..., 28, 28)`` as the MLP's uint8 rows ``(..., 784)`` (the
+    trainer scales each batch to [0, 1])."""
+    return x.reshape(*x.shape[:-2], 784)
+
+
+def _inputs(network: str, images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(N, 28, 28)`` as a network's float input: the CNN takes them as
+    they are; the MLP, flattened and scaled to [0, 1]."""
+    return images if network == "cnn" else dataset.flatten(images)
+
+
+# ------------------------------------------------------------------------- training
+
+
+@dataclass
+class Runs:
+    """One method's networks at one point, a seed each, and their test accuracies."""
+
+    accuracy: list[float]
+    epochs: list[int]
+    seconds: float
+
+
+def _train(network: str, models: list[nn.Module], x, y, xv, yv, config: TrainConfig,
+           seeds: Sequence[int], device, progress: bool, desc: str) -> list[int]:
+    """Train each seed's model on its own images ``x[i]``: the MLPs all at once, the
+    CNNs one after another."""
+    if network == "mlp":
+        histories = fit(models, _flat(x), y, config, seeds, x_eval=_flat(xv), y_eval=yv,
+                        per_model_inputs=True, device=device, progress=progress, desc=desc)
+    else:
+        histories = [fit_network(m, x[i], y, config, s, x_val=xv[i], y_val=yv,
+                                 device=device, progress=progress, desc=desc)
+                     for i, (m, s) in enumerate(zip(models, seeds, strict=True))]
+    return [h.best_epoch for h in histories]
+
+
+@torch.no_grad()
+def _outputs(part: nn.Module, x: torch.Tensor, device, chunk: int = 4096) -> torch.Tensor:
+    """A frozen part's outputs, computed once, in evaluation mode, on the CPU."""
+    device = resolve_device(device)
+    part.to(device).eval()
+    out = torch.cat([part(x[i:i + chunk].to(device)).cpu() for i in range(0, len(x), chunk)])
+    part.cpu()
+    return out
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((evaluate.predict(model, x) == y).float().mean() * 100)
+
+
+def train_bases(network: str, data: dataset.TaskData, config: StudyConfig, *,
+                progress: bool = True) -> tuple[list[nn.Module], Runs]:
+    """Seed ``s``'s network trained on all of a group's labels (early stopping on its
+    validation split); a base for transfer from this group, "scratch" at "all" on it."""
+    start = time.perf_counter()
+    models = [new_network(network, s) for s in config.seeds]
+    train = config.train_config(len(data.y_train))
+    S = len(config.seeds)
+    x, xv = data.x_train.expand(S, *data.x_train.shape), data.x_val.expand(S, *data.x_val.shape)
+    if network == "mlp":  # the shared images once, not a copy per seed
+        histories = fit(models, _flat(data.x_train), data.y_train, train, config.seeds,
+                        x_eval=_flat(data.x_val), y_eval=data.y_val, device=config.device,
+                        progress=progress, desc=f"{network} base {data.task}")
+        epochs = [h.best_epoch for h in histories]
+    else:
+        epochs = _train(network, models, x, data.y_train, xv, data.y_val, train, config.seeds,
+                        config.device, progress, f"{network} base {data.task}")
+    test_x = _inputs(network, data.x_test)
+    accuracy = [_accuracy(m, test_x, data.y_test) for m in models]
+    return models, Runs(accuracy, epochs, time.perf_counter() - start)
+
+
+def train_point(network: str, method: str, bases: Sequence[nn.Module], target: dataset.TaskData,
+                subsets: Subsets, config: StudyConfig, *, progress: bool = True) -> Runs:
+    """One method at one ``n``: a network per seed on that seed's subset, tested on every
+    test image of the target."""
+    start = time.perf_counter()
+    seeds, n_images = config.seeds, subsets.n_images
+    train = config.train_config(n_images, finetune=method == "finetune")
+    desc = f"{network} {method} {target.task} n={n_images}"
+    test_x = _inputs(network, target.x_test)
+    if method == "frozen":
+        fixed = [frozen_part(network, b) for b in bases]
+        tops = [trained_part(network, b, s) for b, s in zip(bases, seeds, strict=True)]
+        def extract(images: torch.Tensor) -> torch.Tensor:
+            return torch.stack([_outputs(f, _inputs(network, x), config.device)
+                                for f, x in zip(fixed, images, strict=True)])
+
+        features, val_features = extract(subsets.x_train), extract(subsets.x_val)
+        histories = fit(tops, features, subsets.y_train, train, seeds, x_eval=val_features,
+                        y_eval=subsets.y_val, per_model_inputs=True, device=config.device,
+                        progress=progress, desc=desc)
+        epochs = [h.best_epoch for h in histories]
+        models = [nn.Sequential(f, t) for f, t in zip(fixed, tops, strict=True)]
+    else:
+        models = ([new_network(network, s) for s in seeds] if method == "scratch" else
+                  [finetuned(b, s) for b, s in zip(bases, seeds, strict=True)])
+        epochs = _train(network, models, subsets.x_train, subsets.y_train, subsets.x_val,
+                        subsets.y_val, train, seeds, config.device, progress, desc)
+    accuracy = [_accuracy(m, test_x, target.y_test) for m in models]
+    return Runs(accuracy, epochs, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------- study
+
+
+def groups_needed(config: StudyConfig) -> list[str]:
+    """Every group a split uses: sources give bases, targets their "scratch" at "all"."""
+    return sorted({g for split in config.splits for g in SPLITS[split]})
+
+
+def label_efficiency(arrays: dataset.Arrays, config: StudyConfig, *,
+                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (network, split, method, n, seed)'s test accuracy, and each base's.
+
+    Returns ``(points, bases)``: ``points`` has one row per seed with ``network, split,
+    source, target, method, labels_per_class, train_images, seed, accuracy,
+    best_epoch, seconds`` (a point's wall time, for all its seeds); ``bases`` one row
+    per (network, group, seed).
+    """
+    data = {g: group_data(g, arrays, config) for g in groups_needed(config)}
+    records, base_records = [], []
+    for network in config.networks:
+        bases, base_runs = {}, {}
+        for group, group_set in data.items():
+            bases[group], base_runs[group] = train_bases(network, group_set, config,
+                                                          progress=progress)
+            base_records += [{"network": network, "group": group, "seed": s, "accuracy": a,
+                              "best_epoch": e, "seconds": base_runs[group].seconds}
+                             for s, a, e in zip(config.seeds, base_runs[group].accuracy,
+                                                base_runs[group].epochs, strict=True)]
+        for split in config.splits:
+            source, target = SPLITS[split]
+            for n in config.labels_per_class:
+                subsets = seed_subsets(data[target], n, config.seeds)
+                for method in METHODS:
+                    if method == "scratch" and n == 0:
+                        runs = base_runs[target]  # the same runs: see the module docstring
+                    else:
+                        runs = train_point(network, method, bases[source], data[target],
+                                           subsets, config, progress=progress)
+                    records += [{"network": network, "split": split, "source": source,
+                                 "target": target, "method": method, "labels_per_class": n,
+                                 "train_images": subsets.n_images, "seed": s,
+                                 "accuracy": a, "best_epoch": e, "seconds": runs.seconds}
+                                for s, a, e in zip(config.seeds, runs.accuracy, runs.epochs,
+                                                   strict=True)]
+    return pd.DataFrame(records), pd.DataFrame(base_records)
+
+
+POINT = ["network", "split", "method", "labels_per_class"]
+
+
+def summary(points: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and 95 % CI over seeds of every point, with the images per class
+    (``per_class``: n, or the mean per class at "all")."""
+    rows = []
+    for key, group in points.groupby(POINT, sort=False):
+        rows.append(dict(zip(POINT, key, strict=True))
+                    | {"train_images": int(group["train_images"].iloc[0]),
+                       "per_class": (key[3] or group["train_images"].iloc[0] / 5),
+                       "seconds": float(group["seconds"].iloc[0])}
+                    | evaluate.summarize(group["accuracy"].tolist()))
+    return pd.DataFrame(rows)
+
+
+def paired_tests(points: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Each transfer method against scratch at every point: the mean difference over
+    seeds (points), and a paired t-test across seeds, which share their subsets."""
+    rows = []
+    wide = points.pivot_table(index=["network", "split", "labels_per_class", "seed"],
+                              columns="method", values="accuracy")
+    for (network, split, n), group in wide.groupby(level=[0, 1, 2], sort=False):
+        for method in ("frozen", "finetune"):
+            diff = group[method] - group["scratch"]
+            p = (float(stats.ttest_rel(group[method], group["scratch"]).pvalue)
+                 if diff.std() > 0 else (1.0 if diff.mean() == 0 else 0.0))
+            rows.append({"network": network, "split": split, "method": method,
+                         "labels_per_class": int(n), "difference": float(diff.mean()),
+                         "p_value": p, "better": bool(p < alpha and diff.mean() > 0),
+                         "worse": bool(p < alpha and diff.mean() < 0)})
+    return pd.DataFrame(rows)
+
+
+def crossovers(tests: pd.DataFrame) -> list[dict]:
+    """Per network, split and transfer method: the largest n (labels per class) at which
+    transfer is significantly better than scratch (None: at none), and the smallest at
+    which it is significantly worse. "All" counts as the largest n."""
+    def order(n: int) -> float:
+        return math.inf if n == 0 else n
+
+    rows = []
+    for (network, split, method), group in tests.groupby(["network", "split", "method"],
+                                                         sort=False):
+        better = sorted((int(n) for n in group.loc[group.better, "labels_per_class"]), key=order)
+        worse = sorted((int(n) for n in group.loc[group.worse, "labels_per_class"]), key=order)
+        rows.append({"network": network, "split": split, "method": method,
+                     "better_up_to": better[-1] if better else None,
+                     "worse_from": worse[0] if worse else None})
+    return rows
+
+
+def result_rows(table: pd.DataFrame) -> list[dict]:
+    """``results.csv`` rows: one per point, its n, method, network and split named."""
+    rows = []
+    for r in table.itertuples():
+        n = "all" if r.labels_per_class == 0 else str(r.labels_per_class)
+        reference = (KERAS_EXAMPLE_ACCURACY if (r.network, r.split, r.method,
+                     r.labels_per_class) == ("cnn", "low-to-high", "frozen", 0) else None)
+        rows.append({
+            "study": STUDY, "protocol": METHODS[r.method],
+            "model": f"{NETWORKS[r.network]}, {n} labels per class",
+            "task": f"{SPLITS[r.split][1]} (from {SPLITS[r.split][0]})",
+            "metric": "test_accuracy", "mean": r.mean, "std": r.std,
+            "ci95_low": r.ci95_low, "ci95_high": r.ci95_high, "n_seeds": r.n_seeds,
+            "reference": reference,
+            "reference_source": "Keras mnist_transfer_cnn" if reference else None,
+            "note": None, "network": r.network, "split": r.split, "method": r.method,
+            "labels_per_class": int(r.labels_per_class), "layers_copied": None,
+        })
+    return rows
+
+
+def curves_frames(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One wide frame per (network, split) for ``dvc plots``: ``per_class`` and each
+    method's mean test accuracy with its CI."""
+    frames = {}
+    for (network, split), group in table.groupby(["network", "split"], sort=False):
+        wide = group.pivot_table(index="per_class", columns="method",
+                                 values=["mean", "ci95_low", "ci95_high"])
+        wide.columns = [m if stat == "mean" else f"{m}_{stat}" for stat, m in wide.columns]
+        frames[f"{network}_{split}"] = wide.reset_index()
+    return frames
+
+
+def metrics_path(reports_dir=None) -> Path:
+    return paths.metrics_dir(reports_dir) / "when_transfer_pays.json"
+
+
+def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: StudyConfig,
+                  wall_seconds: float, reports_dir=None) -> Path:
+    """``metrics/when_transfer_pays.json`` (every point's summary, the paired tests, the
+    crossovers, the bases, every seed's number) and, for ``dvc plots``, one CSV per
+    network and split in ``plots/label_efficiency/``."""
+    table = summary(points)
+    tests = paired_tests(points)
+    curves_dir = paths.reports_dir(reports_dir) / "plots" / "label_efficiency"
+    for name, frame in curves_frames(table).items():
+        write_text(curves_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.4f"))
+    base_summary = [{"network": network, "group": group, "best_epoch": g.best_epoch.tolist(),
+                     "seconds": float(g.seconds.iloc[0])}
+                    | evaluate.summarize(g.accuracy.tolist())
+                    for (network, group), g in bases.groupby(["network", "group"], sort=False)]
+    return write_json(metrics_path(reports_dir), {
+        "study": STUDY,
+        "results": result_rows(table),
+        "points": table.to_dict("records"),
+        "tests": tests.to_dict("records"),
+        "crossovers": crossovers(tests),
+        "bases": base_summary,
+        "per_seed": points.to_dict("records"),
+        "wall_seconds": wall_seconds,
+        "config": asdict(config),
+        "environment": environment(),
+    })
