@@ -184,3 +184,18 @@ def test_paired_tests_and_crossover_on_known_numbers():
     crossing = study.crossovers(tests)
     frozen = next(c for c in crossing if c["method"] == "frozen")
     assert frozen["better_up_to"] == 10 and frozen["worse_from"] == 0
+    assert frozen["better_at"] == [1, 10] and frozen["worse_at"] == [0]
+    text = section.conclusions({"crossovers": crossing, "config": {"seeds": [0, 1, 2, 3, 4],
+                                                                   "epochs": 6, "splits": []},
+                                "points": [], "per_seed": []})
+    assert "significantly better than scratch at n = 1, 10 (largest: 10)" in text
+    assert "significantly worse at n = all" in text
+
+
+def test_too_many_labels_per_class_fail_before_training_and_validation_is_capped():
+    a = arrays()  # 40 training images per digit: 36 in training, 4 in validation
+    with pytest.raises(ValueError, match="exceed the 36 training images"):
+        study.label_efficiency(a, quick(labels_per_class=(1, 37)), progress=False)
+    odd = study.group_data("odd", a, quick())
+    subsets = study.seed_subsets(odd, 10, (0, 1))  # more than validation has per class
+    assert subsets.n_images == 50 and torch.equal(subsets.y_val, odd.y_val)

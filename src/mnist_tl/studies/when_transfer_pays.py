@@ -16,8 +16,8 @@ contain its 5 per class), and three methods train on the same subset:
 
 Model selection never sees the test set: a run stops early on the loss of a validation
 set drawn from the target's validation split, as large as its training set (``n`` more
-labels per class; the whole split at "all"). A small set takes an epoch in a step or
-two, so every run gets at least ``min_steps`` steps, and a patience in the same
+labels per class; the whole split where it has fewer). A small set takes an epoch in a
+step or two, so every run gets at least ``min_steps`` steps, and a patience in the same
 proportion. Seed ``s``'s base is the network trained with seed ``s`` on all of the
 source's labels, which is also seed ``s``'s "scratch" run at "all" on that task: the
 four digit groups' full runs are trained once and serve as both.
@@ -195,9 +195,28 @@ class Subsets:
         return len(self.y_train)
 
 
+def smallest_class(labels: torch.Tensor) -> int:
+    return int(torch.bincount(labels).min())
+
+
+def check_sizes(targets: Sequence[dataset.TaskData], labels_per_class: Sequence[int]) -> None:
+    """Every n must fit every target's training split: checked before any training."""
+    for target in targets:
+        have = smallest_class(target.y_train)
+        too_many = [n for n in labels_per_class if n > have]
+        if too_many:
+            raise ValueError(f"labels_per_class {too_many} exceed the {have} training images of "
+                             f"the smallest class of {target.task}; lower them, or use 0 for all.")
+
+
 def seed_subsets(target: dataset.TaskData, per_class: int, seeds: Sequence[int]) -> Subsets:
+    """Each seed's ``per_class`` training images per class, and as many validation images
+    per class (the whole validation split where it has fewer)."""
+    val_per_class = per_class if per_class <= smallest_class(target.y_val) else 0
+
     def stack(x: torch.Tensor, y: torch.Tensor, stream: int):
-        picks = [labelled_subset(y, per_class, s, stream) for s in seeds]
+        n = per_class if stream == 0 else val_per_class
+        picks = [labelled_subset(y, n, s, stream) for s in seeds]
         labels = {tuple(y[p].tolist()) for p in picks}
         assert len(labels) == 1, "a subset's labels must not depend on its seed"
         return torch.stack([x[p] for p in picks]), y[picks[0]]
@@ -364,6 +383,7 @@ def label_efficiency(arrays: dataset.Arrays, config: StudyConfig, *,
     per (network, group, seed).
     """
     data = {g: group_data(g, arrays, config) for g in groups_needed(config)}
+    check_sizes([data[SPLITS[split][1]] for split in config.splits], config.labels_per_class)
     records, base_records = [], []
     for network in config.networks:
         bases, base_runs = {}, {}
@@ -440,6 +460,7 @@ def crossovers(tests: pd.DataFrame) -> list[dict]:
         better = sorted((int(n) for n in group.loc[group.better, "labels_per_class"]), key=order)
         worse = sorted((int(n) for n in group.loc[group.worse, "labels_per_class"]), key=order)
         rows.append({"network": network, "split": split, "method": method,
+                     "better_at": better, "worse_at": worse,
                      "better_up_to": better[-1] if better else None,
                      "worse_from": worse[0] if worse else None})
     return rows
