@@ -12,7 +12,7 @@ from mnist_tl.io import read_json
 from mnist_tl.modeling.small_cnn import small_cnn
 from mnist_tl.studies import when_transfer_pays as study
 from mnist_tl.studies import when_transfer_pays_section as section
-from tests.conftest import make_arrays
+from conftest import make_arrays
 
 
 def arrays(per_class: int = 40) -> dataset.Arrays:
