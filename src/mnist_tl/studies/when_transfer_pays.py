@@ -42,6 +42,7 @@ import torch
 from scipy import stats
 from sklearn.model_selection import train_test_split
 from torch import nn
+from tqdm.auto import tqdm
 
 from mnist_tl import config as paths
 from mnist_tl import dataset, evaluate
@@ -385,11 +386,18 @@ def label_efficiency(arrays: dataset.Arrays, config: StudyConfig, *,
     data = {g: group_data(g, arrays, config) for g in groups_needed(config)}
     check_sizes([data[SPLITS[split][1]] for split in config.splits], config.labels_per_class)
     records, base_records = [], []
+    # One bar for the whole study: a bar per run would be hundreds of widgets, all saved
+    # in the executed notebook.
+    steps = len(config.networks) * (len(data) + len(config.splits)
+                                    * len(config.labels_per_class) * len(METHODS))
+    bar = tqdm(total=steps, desc="when transfer pays", disable=not progress, unit="run")
     for network in config.networks:
         bases, base_runs = {}, {}
         for group, group_set in data.items():
+            bar.set_postfix_str(f"{network} base {group}")
             bases[group], base_runs[group] = train_bases(network, group_set, config,
-                                                          progress=progress)
+                                                          progress=False)
+            bar.update()
             base_records += [{"network": network, "group": group, "seed": s, "accuracy": a,
                               "best_epoch": e, "seconds": base_runs[group].seconds}
                              for s, a, e in zip(config.seeds, base_runs[group].accuracy,
@@ -399,17 +407,20 @@ def label_efficiency(arrays: dataset.Arrays, config: StudyConfig, *,
             for n in config.labels_per_class:
                 subsets = seed_subsets(data[target], n, config.seeds)
                 for method in METHODS:
+                    bar.set_postfix_str(f"{network} {split} n={n or 'all'} {method}")
                     if method == "scratch" and n == 0:
                         runs = base_runs[target]  # the same runs: see the module docstring
                     else:
                         runs = train_point(network, method, bases[source], data[target],
-                                           subsets, config, progress=progress)
+                                           subsets, config, progress=False)
+                    bar.update()
                     records += [{"network": network, "split": split, "source": source,
                                  "target": target, "method": method, "labels_per_class": n,
                                  "train_images": subsets.n_images, "seed": s,
                                  "accuracy": a, "best_epoch": e, "seconds": runs.seconds}
                                 for s, a, e in zip(config.seeds, runs.accuracy, runs.epochs,
                                                    strict=True)]
+    bar.close()
     return pd.DataFrame(records), pd.DataFrame(base_records)
 
 
