@@ -287,14 +287,30 @@ def test_every_figure_the_reports_reference_exists_and_the_html_inlines_them(tmp
     rows = [_row(protocol=p, model=m, task=t, mean=98.0, reference=98.5)
             for p in ("faithful", "corrected") for m in ("Neural network",)
             for t in ("even", "odd")]
+    import torch
+
+    from mnist_tl import evaluate
+
+    digits = {"even": [0, 2, 4, 6, 8], "odd": [1, 3, 5, 7, 9]}
+
+    def class_metrics(task):  # two seeds, one mistake each
+        truth = torch.tensor(digits[task] * 4)
+        return [evaluate.classification_metrics(truth, truth.roll(s, 0) if s else truth,
+                                                digits[task]) for s in (0, 1)]
+
     io.write_json(tmp_path / "metrics" / "mlp.json", {"results": rows, "runs": {
-        f"mlp_{p}_{t}": {"histories": [_history(0, [1.0, 0.5], "test" if p == "faithful"
-                                                else "val")]}
+        f"mlp_{p}_{t}": {"protocol": p, "histories": [_history(0, [1.0, 0.5], "test"
+                                                           if p == "faithful" else "val")],
+                         "class_metrics": class_metrics(t)}
         for p in ("faithful", "corrected") for t in ("even", "odd")}})
     _, md_path, html_path = report.build_report(tmp_path)
     markdown, html = md_path.read_text(), html_path.read_text()
     images = report.referenced_images(markdown)
-    assert "figures/deck_summary.png" in images and "figures/deck_corrected_curves.png" in images
+    assert {"figures/deck_summary.png", "figures/deck_corrected_curves.png",
+            "figures/deck_faithful_f1.png", "figures/deck_corrected_f1.png",
+            "figures/deck_best_metrics.png"} <= set(images)
+    # every figure the report stage drew is in the report
+    assert {f"figures/{p.name}" for p in (tmp_path / "figures").iterdir()} == set(images)
     assert all((tmp_path / image).is_file() for image in images)
     assert report.referenced_images(html) == []  # every image inlined
     assert html.count("data:image/png;base64,") == len(images)

@@ -181,3 +181,13 @@ def test_stage_depends_on_exactly_the_code_it_imports(name):
     assert declared == expected, (
         f"stage {name}: missing {sorted(expected - declared)}, "
         f"not imported {sorted(declared - expected)}")
+
+
+def test_every_committed_figure_is_embedded_in_the_report():
+    from mnist_tl.report import referenced_images
+
+    reports = config.PROJECT_ROOT / "reports"
+    figures = {f"figures/{p.name}" for p in (reports / "figures").glob("*.png")}
+    embedded = set(referenced_images((reports / "results.md").read_text()))
+    assert figures - embedded == set(), "figures no report section shows: embed or delete them"
+    assert embedded - figures == set(), "the report shows figures that do not exist"

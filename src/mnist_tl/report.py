@@ -29,18 +29,19 @@ from mnist_tl.studies import (
     pretrained_backbones_section,
     slide_deck_section,
     when_transfer_pays_section,
+    which_layers_transfer_section,
 )
 from mnist_tl.studies.slide_deck import PROTOCOLS, TASK_TITLES
 
 RESULT_COLUMNS = [
     "study", "protocol", "model", "task", "metric", "mean", "std", "ci95_low", "ci95_high",
     "n_seeds", "reference", "reference_source", "note",
-    # the label-efficiency study's coordinates (empty for the other studies)
-    "network", "split", "method", "labels_per_class", "layers_copied",
+    # the coordinates of notebooks 06 and 07's points (empty for the other studies)
+    "network", "split", "method", "labels_per_class", "layers_copied", "base",
 ]
 # Studies whose many points are tabled in their own section and in results.csv, not in
 # "All result rows".
-OWN_TABLES = {when_transfer_pays_section.STUDY}
+OWN_TABLES = {when_transfer_pays_section.STUDY, which_layers_transfer_section.STUDY}
 
 
 def collect_results(metrics_dir: Path) -> pd.DataFrame:
@@ -95,6 +96,21 @@ def data_markdown(data: dict) -> str:
         lines.append(f"| {row['task']} | {row['split']} | " + " | ".join(counts)
                      + f" | {row['total']} |")
     return "\n".join(lines) + "\n"
+
+
+# Notebook 01's figures, embedded in the Data section when they exist.
+DATA_FIGURES = {
+    "01_sample_digits": "Sample training images of every digit.",
+    "01_mean_digits": "The mean training image of each digit.",
+    "01_pixel_histogram": "Pixel intensities of the training images.",
+}
+
+
+def data_figures_markdown(reports_dir: Path, figures: str = "figures") -> str:
+    parts = [f"![{caption}]({figures}/{name}.png)\n\n*{caption}*\n"
+             for name, caption in DATA_FIGURES.items()
+             if (Path(reports_dir) / figures / f"{name}.png").exists()]
+    return "\n".join(parts)
 
 
 def runtime_markdown(runtime_dir: Path) -> str:
@@ -341,12 +357,14 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path, Pa
     sections += [assignment_section] if assignment_section else []
     transfer_section = when_transfer_pays_section.markdown(metrics_dir)
     sections += [transfer_section] if transfer_section else []
+    layers_section = which_layers_transfer_section.markdown(metrics_dir)
+    sections += [layers_section] if layers_section else []
     sections += ["## All result rows\n",
                  results_markdown(table[~table.study.isin(OWN_TABLES)])]
     data_file = metrics_dir / "data.json"
     data = read_json(data_file) if data_file.exists() else None
     if data is not None:
-        sections += ["## Data\n", data_markdown(data)]
+        sections += ["## Data\n", data_markdown(data), data_figures_markdown(reports_dir)]
     sections += ["## Runtime (last `dvc repro` of each stage)\n",
                  runtime_markdown(reports_dir / "runtime")]
     training_time = training_time_markdown(metrics_dir)

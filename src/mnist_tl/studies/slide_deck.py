@@ -185,6 +185,9 @@ class Run:
                 for key in ("precision", "recall", "f1")
             } | {"labels": self.metrics[0]["labels"]},
             "histories": [h.to_dict() for h in self.histories],
+            # per seed: accuracy, per-class P/R/F1 and the confusion matrix, from which the
+            # report draws the deck's metrics figures
+            "class_metrics": self.metrics,
         }
 
 
@@ -485,20 +488,15 @@ def mcnemar_vs_direct(transfer: Run, direct: Run) -> dict:
 TASK_TITLES = {"even": "MNIST-Even", "odd": "MNIST-Odd", "full": "MNIST (10 classes)"}
 
 
-def save_run_figures(run: Run, reports_dir=None) -> list[Path]:
-    """The deck's two figures for a run: loss curves and metrics (confusion + P/R/F1)."""
-    import matplotlib.pyplot as plt
-
+def run_figures(run: Run) -> list:
+    """The deck's two figures for a run, to show in a notebook: loss curves and metrics
+    (confusion matrix, per-class P/R/F1). The report draws its own from the metrics
+    files (:mod:`mnist_tl.studies.slide_deck_section`); these are not saved."""
     from mnist_tl import plots
 
     source = f"{TASK_TITLES[run.source_task]} → " if run.source_task else ""
     title = f"{run.title}, {run.protocol} protocol, {source}{TASK_TITLES[run.task]}"
-    paths = []
-    for kind, fig in (("loss", plots.loss_curves(run.histories, title)),
-                      ("metrics", plots.metrics_figure(run.metrics, title))):
-        paths.append(plots.save_figure(fig, f"{run.name}_{kind}", reports_dir))
-        plt.close(fig)
-    return paths
+    return [plots.loss_curves(run.histories, title), plots.metrics_figure(run.metrics, title)]
 
 
 def results_frame(rows: list[dict]):

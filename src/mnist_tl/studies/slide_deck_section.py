@@ -93,12 +93,7 @@ def curves_figure(metrics_dir: Path, protocol: str):
     means = seed_means(tidy_histories(metrics_dir))
     if means.empty:
         return None
-    pattern = re.compile(rf"(softmax|mlp|transfer-keep|transfer-fresh)_{protocol}_"
-                         r"(?:(even|odd|full)|(?:even|odd)_to_(even|odd))")
-    found = {}
-    for run in means.run.unique():
-        if match := pattern.fullmatch(run):
-            found[(match.group(1), match.group(2) or match.group(3))] = run
+    found = {key: run for run in means.run.unique() if (key := _run_key(run, protocol))}
     if not found:
         return None
     kinds = [(k, title) for k, title in CURVE_ROWS if any(f[0] == k for f in found)]
@@ -130,22 +125,80 @@ def curves_figure(metrics_dir: Path, protocol: str):
     return fig
 
 
-def best_metrics_figure(deck: pd.DataFrame) -> tuple[str, pd.Series] | None:
-    """The metrics figure (confusion matrix, per-class P/R/F1) the notebooks saved for the
-    corrected protocol's most accurate model trained on a parity directly (the report
-    stage depends on those figures), as ``figures/<name>.png``."""
+def _runs(metrics_dir: Path) -> dict[str, dict]:
+    """Every run's summary in the deck's metrics files, by run name."""
+    runs = {}
+    for name in ("softmax.json", "mlp.json", "transfer.json"):
+        if (path := Path(metrics_dir) / name).exists():
+            runs.update(read_json(path).get("runs", {}))
+    return runs
+
+
+def _run_key(name: str, protocol: str) -> tuple[str, str] | None:
+    """'mlp_corrected_even' -> ('mlp', 'even'); a transfer's task is its target."""
+    pattern = re.compile(rf"(softmax|mlp|transfer-keep|transfer-fresh)_{protocol}_"
+                         r"(?:(even|odd|full)|(?:even|odd)_to_(even|odd))")
+    match = pattern.fullmatch(name)
+    return (match.group(1), match.group(2) or match.group(3)) if match else None
+
+
+def class_f1_figure(metrics_dir: Path, protocol: str):
+    """Per-class F1 on the test images (mean over seeds) of every run of a protocol: the
+    deck's per-model metrics figures in one heatmap, a row per model and task."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = {}
+    order = {kind: i for i, (kind, _) in enumerate(CURVE_ROWS)}
+    runs = sorted(((key, name, run) for name, run in _runs(metrics_dir).items()
+                   if (key := _run_key(name, protocol)) and run.get("class_metrics")),
+                  key=lambda r: (order[r[0][0]], ("even", "odd", "full").index(r[0][1]),
+                                 r[1]))
+    for (kind, task), name, run in runs:
+        seeds = run["class_metrics"]
+        f1 = np.mean([m["f1"] for m in seeds], axis=0) * 100
+        title = dict(CURVE_ROWS)[kind]
+        if kind.startswith("transfer"):
+            title += f", {_run_title(name).split(', ')[1]}"
+        rows[f"{title} · {TASK_TITLES[task]}"] = dict(zip(seeds[0]["labels"], f1, strict=True))
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).T.reindex(columns=range(10))
+    fig, ax = plt.subplots(figsize=(8.5, 0.36 * len(table) + 1.6), layout="constrained")
+    sns.heatmap(table, annot=True, fmt=".1f", cmap="viridis", vmin=float(np.nanmin(table.values)),
+                vmax=100, cbar_kws={"label": "F1 (%)", "shrink": 0.8}, ax=ax,
+                annot_kws={"fontsize": 8}, linewidths=0.5, linecolor="white")
+    ax.set_xlabel("digit (blank: not in the task)")
+    ax.set_ylabel("")
+    ax.tick_params(labelsize=8)
+    ax.set_title(f"Per-class F1 on the test images, {protocol} protocol "
+                 "(mean over seeds; a transfer's row is its target)", fontsize=10)
+    return fig
+
+
+def best_run(deck: pd.DataFrame) -> tuple[str, pd.Series] | None:
+    """The corrected protocol's most accurate model trained on a parity directly: its
+    run name and its result row."""
     rows = deck[(deck.protocol == "corrected") & deck.task.isin(["even", "odd"])
                 & deck.model.isin(["Softmax regression", "Neural network"])]
     if rows.empty:
         return None
     best = rows.loc[rows["mean"].idxmax()]
-    kind = _kind(best.model)
-    prefix = ("softmax" if kind.startswith("Softmax") else "mlp" if kind.startswith("Neural")
-              else "transfer-" + ("keep" if "kept" in kind else "fresh"))
-    if prefix.startswith("transfer"):
-        source = "odd" if best.task == "even" else "even"
-        return f"{prefix}_corrected_{source}_to_{best.task}_metrics.png", best
-    return f"{prefix}_corrected_{best.task}_metrics.png", best
+    prefix = "softmax" if best.model == "Softmax regression" else "mlp"
+    return f"{prefix}_corrected_{best.task}", best
+
+
+def best_metrics_figure(deck: pd.DataFrame, metrics_dir: Path):
+    """The deck's metrics figure (confusion matrix, per-class P/R/F1, mean over seeds)
+    of :func:`best_run`, drawn from its metrics file; with its result row."""
+    from mnist_tl.plots import metrics_figure
+
+    best = best_run(deck)
+    run = _runs(metrics_dir).get(best[0]) if best else None
+    if not run or not run.get("class_metrics"):
+        return None
+    title = f"{best[1].model}, corrected protocol, {TASK_TITLES[best[1].task]}"
+    return metrics_figure(run["class_metrics"], title), best[1]
 
 
 def markdown(table: pd.DataFrame, metrics_dir: Path, reports_dir: Path | None = None,
@@ -164,6 +217,12 @@ def markdown(table: pd.DataFrame, metrics_dir: Path, reports_dir: Path | None = 
             fig = curves_figure(metrics_dir, protocol)
             if fig is not None:
                 drawn[protocol] = save_figure(fig, f"deck_{protocol}_curves", reports_dir)
+            fig = class_f1_figure(metrics_dir, protocol)
+            if fig is not None:
+                drawn[f"{protocol}_f1"] = save_figure(fig, f"deck_{protocol}_f1", reports_dir)
+        best = best_metrics_figure(deck, metrics_dir)
+        if best is not None:
+            drawn["best"] = save_figure(best[0], "deck_best_metrics", reports_dir)
     parts = ["## The slide-deck study\n"]
     if "summary" in drawn:
         parts += [f"![Our runs against the deck's table]({figures}/deck_summary.png)\n",
@@ -195,13 +254,16 @@ def markdown(table: pd.DataFrame, metrics_dir: Path, reports_dir: Path | None = 
                       f"*Train and {'test' if protocol == 'faithful' else 'validation'} loss "
                       f"per epoch, mean over seeds, of every model of the {protocol} protocol "
                       "(the data: `reports/plots/curves/`).*\n"]
-    best = best_metrics_figure(deck)
-    if best is not None and reports_dir is not None and \
-            (Path(reports_dir) / figures / best[0]).exists():
+        if f"{protocol}_f1" in drawn:
+            parts += [f"![Per-class F1, {protocol} protocol]({figures}/deck_{protocol}_f1.png)\n",
+                      f"*Per-class F1 of every model of the {protocol} protocol on its test "
+                      "images, mean over seeds: the deck's per-model metrics figures in one.*\n"]
+    if "best" in drawn:
+        row = best_run(deck)[1]
         parts += [f"![Confusion matrix and per-class precision, recall and F1 of "
-                  f"{best[1].model}]({figures}/{best[0]})\n",
-                  f"*The most accurate model of the corrected protocol, {best[1].model} on "
-                  f"{TASK_TITLES[best[1].task]} ({best[1]['mean']:.2f} %): confusion matrix "
+                  f"{row.model}]({figures}/deck_best_metrics.png)\n",
+                  f"*The most accurate model of the corrected protocol, {row.model} on "
+                  f"{TASK_TITLES[row.task]} ({row['mean']:.2f} %): confusion matrix "
                   "and per-class precision, recall and F1, mean over seeds.*\n"]
     parts.append(audit_markdown(deck, metrics_dir))
     return "\n".join(parts)
