@@ -126,9 +126,9 @@ def _sign(test: dict) -> str:
 
 
 def conclusions(metrics: dict) -> str:
-    """Per network, split and n: the best k to copy frozen from the source, what copying
-    every layer costs against the target's own base (specificity), and fine-tuning
-    against scratch, each with its paired test."""
+    """Per network, split and n: the best k to copy frozen from the source, what the
+    source's layers cost against the target's own base (specificity) up to the last but
+    one and up to the last, and fine-tuning against scratch, each with its paired test."""
     lines = []
     points = points_frame(metrics)
     for (network, split, n), part in points.groupby(["network", "split", "labels_per_class"],
@@ -147,6 +147,11 @@ def conclusions(metrics: dict) -> str:
                 f"k is {int(best.layers_copied)} ({best['mean']:.2f} %; against scratch "
                 f"{_sign(vs_scratch)})")
         every = "its one layer" if depth == 1 else f"all {depth} layers"
+        below = _test(metrics, network, split, n, "frozen", depth - 1, "self") if depth > 1 \
+            else None
+        if below:
+            text += (f"; the first {depth - 1} frozen from the source against the same from the "
+                     f"target's own base: {_sign(below)}")
         if top_self:
             text += (f"; {every} frozen from the source against the same from the target's "
                      f"own base: {_sign(top_self)}")
