@@ -398,6 +398,22 @@ def referenced_images(text: str) -> list[str]:
         src for src in IMAGE.findall(text) if not src.startswith("data:")]
 
 
+def compact_png(png: bytes) -> bytes:
+    """A figure as a 256-colour PNG: line plots and heatmaps use few colours, and the
+    one-file HTML report stays a third of the size of inlining the PNGs as saved."""
+    import io as bytes_io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(bytes_io.BytesIO(png))
+    except UnidentifiedImageError:  # not a picture PIL reads: inline it as it is
+        return png
+    buffer = bytes_io.BytesIO()
+    image.convert("RGB").quantize(256).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def html_report(markdown_text: str, reports_dir: Path) -> str:
     """``results.md`` as one self-contained HTML page: figures inlined as data URIs, so it
     opens offline as a single file. A missing figure is an error, not a broken page."""
@@ -411,7 +427,7 @@ def html_report(markdown_text: str, reports_dir: Path) -> str:
     body = mistune.html(markdown_text)
 
     def inline(match: re.Match) -> str:
-        data = base64.b64encode((reports_dir / match.group(1)).read_bytes()).decode()
+        data = base64.b64encode(compact_png((reports_dir / match.group(1)).read_bytes())).decode()
         return f'<img src="data:image/png;base64,{data}"'
 
     body = IMAGE.sub(inline, body)
