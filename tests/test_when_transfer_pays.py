@@ -58,6 +58,9 @@ def test_seed_subsets_come_from_training_and_validation_images_only():
         assert rows(subsets.x_train[s]) <= train and rows(subsets.x_val[s]) <= val
         assert not rows(subsets.x_train[s]) & test
     assert not torch.equal(subsets.x_train[0], subsets.x_train[1])  # each seed its own
+    # the indices name the same images: a frozen base's features are looked up by them
+    assert torch.equal(data.x_train[subsets.train_index], subsets.x_train)
+    assert torch.equal(data.x_val[subsets.val_index], subsets.x_val)
 
 
 def test_group_data_matches_the_project_split_and_labels_each_group_0_to_4():
@@ -87,8 +90,10 @@ def test_small_sets_get_at_least_min_steps_and_a_patience_in_proportion():
 
 
 @pytest.mark.parametrize("bad", [dict(labels_per_class=(-1,)), dict(networks=("vgg",)),
-                                 dict(splits=("up-to-down",)), dict(seeds=(0,)),
-                                 dict(val_fraction=0.0), dict(min_steps=-1)])
+                                 dict(networks=("imagenet",)), dict(splits=("up-to-down",)),
+                                 dict(seeds=(0,)), dict(val_fraction=0.0), dict(min_steps=-1),
+                                 dict(imagenet="yes"), dict(imagenet_layer="blocks.9"),
+                                 dict(imagenet_size=8)])
 def test_bad_settings_are_refused_before_any_training(bad):
     with pytest.raises(ValueError):
         quick(**bad)
@@ -132,19 +137,30 @@ def test_finetuned_copy_trains_everything_with_a_new_head_and_leaves_the_base():
     assert not any(p.requires_grad for p in base.convolutions.parameters())
 
 
+def test_without_the_imagenet_base_the_study_says_why_and_runs_the_rest():
+    config = quick(imagenet="off", networks=("mlp",), splits=("even-to-odd",),
+                   labels_per_class=(3,))
+    points, _, not_run = study.label_efficiency(arrays(), config, progress=False)
+    assert "imagenet is off" in not_run and "imagenet" not in set(points.network)
+
+
 # ---------------------------------------------------------------- the whole study
 
 
 @pytest.fixture(scope="module")
 def tiny_study():
-    config = quick()
-    points, bases = study.label_efficiency(arrays(), config, progress=False)
+    config = quick(imagenet="on")  # the pinned ImageNet weights are a locked dependency
+    points, bases, not_run = study.label_efficiency(arrays(), config, progress=False)
+    assert not_run is None
     return config, points, bases
 
 
 def test_every_point_has_every_seed_and_scratch_at_all_is_the_targets_base(tiny_study):
     config, points, bases = tiny_study
-    assert len(points) == 2 * 2 * 3 * 3 * 2  # networks, splits, n, methods, seeds
+    imagenet = points[points.network == "imagenet"]
+    assert len(imagenet) == 2 * 3 * 2  # splits, n, seeds: one run, whatever the network
+    assert set(imagenet.method) == {"imagenet"}
+    assert len(points) - len(imagenet) == 2 * 2 * 3 * 3 * 2  # networks, splits, n, methods, seeds
     assert points.accuracy.between(0, 100).all()
     for network in config.networks:
         at_all = points[(points.network == network) & (points.method == "scratch")
@@ -158,13 +174,29 @@ def test_every_point_has_every_seed_and_scratch_at_all_is_the_targets_base(tiny_
 def test_outputs_hold_every_point_and_the_section_renders(tiny_study, tmp_path):
     config, points, bases = tiny_study
     path = study.write_outputs(points, bases, config, 1.0, tmp_path)
+    assert path == tmp_path / "runs" / "when_transfer_pays.json"
     metrics = read_json(path)
-    assert len(metrics["points"]) == 2 * 2 * 3 * 3
+    assert len(metrics["points"]) == 2 * 2 * 3 * 3 + 2 * 3
     assert {r["labels_per_class"] for r in metrics["results"]} == {1, 3, 0}
     curves = sorted(p.name for p in (tmp_path / "plots" / "label_efficiency").iterdir())
     assert curves == ["cnn_even-to-odd.csv", "cnn_low-to-high.csv", "mlp_even-to-odd.csv",
                       "mlp_low-to-high.csv"]
-    text = section.markdown(tmp_path / "metrics")
+    mlp = pd.read_csv(tmp_path / "plots" / "label_efficiency" / "mlp_even-to-odd.csv")
+    assert {"scratch", "frozen", "finetune", "imagenet"} <= set(mlp.columns)
+    # dvc metrics show: scalars only, every point's mean among them
+    scalars = read_json(tmp_path / "metrics" / "when_transfer_pays.json")
+
+    def leaves(tree):
+        return [x for v in tree.values() for x in (leaves(v) if isinstance(v, dict) else [v])]
+
+    assert all(isinstance(v, int | float | str) for v in leaves(scalars))
+    assert len(leaves(scalars["test_accuracy"])) == len(metrics["points"])
+    assert scalars["test_accuracy"]["imagenet"]["even-to-odd"]["imagenet"]["n3"] == round(
+        section._point(metrics, "mlp", "even-to-odd", "imagenet", 3)["mean"], 4)
+    tests = pd.DataFrame(metrics["tests"])
+    assert set(tests.method) == {"frozen", "finetune", "imagenet"}
+    assert set(tests.network) == {"mlp", "cnn"}
+    text = section.markdown(tmp_path)
     for split in config.splits:
         assert f"figures/{section.figure_name(split)}.png" in text
     assert "Where transfer stops paying" in text

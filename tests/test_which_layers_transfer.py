@@ -166,7 +166,10 @@ def test_outputs_hold_every_point_and_the_section_renders(tiny_study, tmp_path):
     assert cnn.layers_copied.tolist() == [0, 1, 2, 3]
     assert cnn.columns.tolist() == ["layers_copied", "self_finetune", "self_frozen",
                                     "source_finetune", "source_frozen"]
-    text = section.markdown(tmp_path / "metrics")
+    assert read_json(tmp_path / "metrics" / "which_layers_transfer.json")["test_accuracy"][
+        "cnn"]["even-to-odd"]["n3"]["source_frozen"]["k2"] == round(
+        cnn.source_frozen[cnn.layers_copied == 2].item(), 4)
+    text = section.markdown(tmp_path)
     for network in config.networks:
         assert f"figures/{section.figure_name(network)}.png" in text
     assert "Which layers transfer" in text and "Conclusions" in text

@@ -12,7 +12,12 @@ contain its 5 per class), and three methods train on the same subset:
 - ``finetune``: the whole base trained on the target from its weights, with a new
   output layer (``finetune_lr``; by default the same as scratch's, so that only the
   starting point differs: at a tenth of it, 8 epochs did not reach the validation
-  minimum on the full target).
+  minimum on the full target);
+- ``imagenet``: no source at all: the assignment study's frozen ImageNet base
+  (EfficientNet-Lite0, :mod:`mnist_tl.efficientnet`; pooled ``imagenet_layer`` at
+  ``imagenet_size`` px) with notebook 05's head (-> 256 -> 5, ReLU, dropout 0.5) trained
+  on the same subsets. Its features are computed once per image. Recorded as network
+  ``imagenet``, and compared with each network's scratch run on the same subsets.
 
 Model selection never sees the test set: a run stops early on the loss of a validation
 set drawn from the target's validation split, as large as its training set (``n`` more
@@ -44,18 +49,22 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
+from mnist_tl import backbones, dataset, evaluate
 from mnist_tl import config as paths
-from mnist_tl import dataset, evaluate
+from mnist_tl import efficientnet as effnet
 from mnist_tl.io import write_json, write_text
 from mnist_tl.modeling.models import build_model
 from mnist_tl.modeling.small_cnn import small_cnn
 from mnist_tl.modeling.train import TrainConfig, fit, fit_network, resolve_device
 from mnist_tl.provenance import environment
 from mnist_tl.studies.when_transfer_pays_section import (
+    DETAILS_FILE,
+    IMAGENET_TITLE,
     KERAS_EXAMPLE_ACCURACY,
     METHOD_TITLES,
     NETWORK_TITLES,
     STUDY,
+    beside_each_network,
 )
 
 GROUPS = {"even": (0, 2, 4, 6, 8), "odd": (1, 3, 5, 7, 9),
@@ -63,7 +72,7 @@ GROUPS = {"even": (0, 2, 4, 6, 8), "odd": (1, 3, 5, 7, 9),
 SPLITS = {"even-to-odd": ("even", "odd"), "odd-to-even": ("odd", "even"),
           "low-to-high": ("low", "high")}  # the Keras example's 0-4 -> 5-9
 NETWORKS = NETWORK_TITLES
-METHODS = METHOD_TITLES
+METHODS = ("scratch", "frozen", "finetune")  # each network's; "imagenet" has no network
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ class StudyConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     source_subset: int = 0  # > 0: a stratified subset of each group's training images (smoke)
+    imagenet: str = "auto"  # the frozen ImageNet base: auto (if its weights load) | on | off
+    imagenet_size: int = 32
+    imagenet_layer: str = "blocks.4"
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -105,6 +117,10 @@ class StudyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        if self.imagenet not in ("auto", "on", "off"):
+            raise ValueError(f"imagenet must be auto, on or off, got {self.imagenet!r}.")
+        backbones.check_input_size(self.imagenet_size)
+        effnet.check_layer(self.imagenet_layer)
         self.train_config(1000)  # validates lr, batch size, epochs, patience
 
     @classmethod
@@ -184,12 +200,15 @@ def labelled_subset(labels: torch.Tensor | np.ndarray, per_class: int, seed: int
 @dataclass
 class Subsets:
     """Each seed's training and validation images at one ``n``, uint8 ``(S, N, 28, 28)``,
-    and their labels ``(N,)``, the same for every seed (:func:`labelled_subset`)."""
+    their labels ``(N,)``, the same for every seed (:func:`labelled_subset`), and where
+    the images are in the target's splits, ``(S, N)``."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    train_index: torch.Tensor
+    val_index: torch.Tensor
 
     @property
     def n_images(self) -> int:
@@ -220,10 +239,11 @@ def seed_subsets(target: dataset.TaskData, per_class: int, seeds: Sequence[int])
         picks = [labelled_subset(y, n, s, stream) for s in seeds]
         labels = {tuple(y[p].tolist()) for p in picks}
         assert len(labels) == 1, "a subset's labels must not depend on its seed"
-        return torch.stack([x[p] for p in picks]), y[picks[0]]
+        return torch.stack([x[p] for p in picks]), y[picks[0]], torch.from_numpy(np.stack(picks))
 
-    return Subsets(*stack(target.x_train, target.y_train, 0),
-                   *stack(target.x_val, target.y_val, 1))
+    x_train, y_train, train_index = stack(target.x_train, target.y_train, 0)
+    x_val, y_val, val_index = stack(target.x_val, target.y_val, 1)
+    return Subsets(x_train, y_train, x_val, y_val, train_index, val_index)
 
 
 # -------------------------------------------------------------------------- networks
@@ -267,7 +287,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(*x.shape[:-2], 784)
 
 
-def _inputs(network: str, images: torch.Tensor) -> torch.Tensor:
+def network_inputs(network: str, images: torch.Tensor) -> torch.Tensor:
     """uint8 images ``(N, 28, 28)`` as a network's float input: the CNN takes them as
     they are; the MLP, flattened and scaled to [0, 1]."""
     return images if network == "cnn" else dataset.flatten(images)
@@ -285,7 +305,7 @@ class Runs:
     seconds: float
 
 
-def _train(network: str, models: list[nn.Module], x, y, xv, yv, config: TrainConfig,
+def train_each(network: str, models: list[nn.Module], x, y, xv, yv, config: TrainConfig,
            seeds: Sequence[int], device, progress: bool, desc: str) -> list[int]:
     """Train each seed's model on its own images ``x[i]``: the MLPs all at once, the
     CNNs one after another."""
@@ -300,7 +320,7 @@ def _train(network: str, models: list[nn.Module], x, y, xv, yv, config: TrainCon
 
 
 @torch.no_grad()
-def _outputs(part: nn.Module, x: torch.Tensor, device, chunk: int = 4096) -> torch.Tensor:
+def frozen_outputs(part: nn.Module, x: torch.Tensor, device, chunk: int = 4096) -> torch.Tensor:
     """A frozen part's outputs, computed once, in evaluation mode, on the CPU."""
     device = resolve_device(device)
     part.to(device).eval()
@@ -309,7 +329,7 @@ def _outputs(part: nn.Module, x: torch.Tensor, device, chunk: int = 4096) -> tor
     return out
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((evaluate.predict(model, x) == y).float().mean() * 100)
 
 
@@ -328,11 +348,34 @@ def train_bases(network: str, data: dataset.TaskData, config: StudyConfig, *,
                         progress=progress, desc=f"{network} base {data.task}")
         epochs = [h.best_epoch for h in histories]
     else:
-        epochs = _train(network, models, x, data.y_train, xv, data.y_val, train, config.seeds,
+        epochs = train_each(network, models, x, data.y_train, xv, data.y_val, train, config.seeds,
                         config.device, progress, f"{network} base {data.task}")
-    test_x = _inputs(network, data.x_test)
-    accuracy = [_accuracy(m, test_x, data.y_test) for m in models]
+    test_x = network_inputs(network, data.x_test)
+    accuracy = [accuracy_on(m, test_x, data.y_test) for m in models]
     return models, Runs(accuracy, epochs, time.perf_counter() - start)
+
+
+def every_base(network: str, data: dict[str, dataset.TaskData], config: StudyConfig,
+               bar: tqdm) -> tuple[dict[str, list[nn.Module]], dict[str, Runs], list[dict]]:
+    """:func:`train_bases` for every group of ``data``: ``{group: models}``,
+    ``{group: runs}`` and a record per (group, seed)."""
+    bases, runs, records = {}, {}, []
+    for group, group_set in data.items():
+        bar.set_postfix_str(f"{network} base {group}")
+        bases[group], runs[group] = train_bases(network, group_set, config, progress=False)
+        records += [{"network": network, "group": group, "seed": s, "accuracy": a,
+                     "best_epoch": e, "seconds": runs[group].seconds}
+                    for s, a, e in zip(config.seeds, runs[group].accuracy, runs[group].epochs,
+                                       strict=True)]
+        bar.update()
+    return bases, runs, records
+
+
+def base_summary(bases: pd.DataFrame) -> list[dict]:
+    """Each (network, group)'s bases: accuracy over seeds, kept epochs, wall time."""
+    return [{"network": network, "group": group, "best_epoch": g.best_epoch.tolist(),
+             "seconds": float(g.seconds.iloc[0])} | evaluate.summarize(g.accuracy.tolist())
+            for (network, group), g in bases.groupby(["network", "group"], sort=False)]
 
 
 def train_point(network: str, method: str, bases: Sequence[nn.Module], target: dataset.TaskData,
@@ -343,12 +386,12 @@ def train_point(network: str, method: str, bases: Sequence[nn.Module], target: d
     seeds, n_images = config.seeds, subsets.n_images
     train = config.train_config(n_images, finetune=method == "finetune")
     desc = f"{network} {method} {target.task} n={n_images}"
-    test_x = _inputs(network, target.x_test)
+    test_x = network_inputs(network, target.x_test)
     if method == "frozen":
         fixed = [frozen_part(network, b) for b in bases]
         tops = [trained_part(network, b, s) for b, s in zip(bases, seeds, strict=True)]
         def extract(images: torch.Tensor) -> torch.Tensor:
-            return torch.stack([_outputs(f, _inputs(network, x), config.device)
+            return torch.stack([frozen_outputs(f, network_inputs(network, x), config.device)
                                 for f, x in zip(fixed, images, strict=True)])
 
         features, val_features = extract(subsets.x_train), extract(subsets.x_val)
@@ -360,10 +403,58 @@ def train_point(network: str, method: str, bases: Sequence[nn.Module], target: d
     else:
         models = ([new_network(network, s) for s in seeds] if method == "scratch" else
                   [finetuned(b, s) for b, s in zip(bases, seeds, strict=True)])
-        epochs = _train(network, models, subsets.x_train, subsets.y_train, subsets.x_val,
+        epochs = train_each(network, models, subsets.x_train, subsets.y_train, subsets.x_val,
                         subsets.y_val, train, seeds, config.device, progress, desc)
-    accuracy = [_accuracy(m, test_x, target.y_test) for m in models]
+    accuracy = [accuracy_on(m, test_x, target.y_test) for m in models]
     return Runs(accuracy, epochs, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- the ImageNet base
+
+
+def imagenet_trunk(config: StudyConfig) -> tuple[nn.Module | None, str | None]:
+    """The frozen ImageNet base (pinned weights, verified) up to ``imagenet_layer``, or
+    why it is absent: ``imagenet`` auto records the reason, on raises it, off skips."""
+    if config.imagenet == "off":
+        return None, "not run: when_transfer_pays.imagenet is off"
+    try:
+        network = backbones.freeze(effnet.imagenet_network())
+    except backbones.WeightsUnavailable as error:
+        if config.imagenet == "on":
+            raise
+        return None, f"not run: {error}"
+    return effnet.Trunk(network, config.imagenet_size, [config.imagenet_layer]).eval(), None
+
+
+def imagenet_features(trunk: nn.Module, target: dataset.TaskData, config: StudyConfig
+                      ) -> dict[str, torch.Tensor]:
+    """``{split: (N, D)}``: every image of the target's splits through the frozen base,
+    once."""
+    device = resolve_device(config.device)
+    return {split: backbones.compute_features(trunk, target.split(split)[0], device=device,
+                                              progress=False)[config.imagenet_layer]
+            for split in dataset.SPLITS}
+
+
+def imagenet_head(in_features: int, seed: int) -> nn.Sequential:
+    """Notebook 05's head (``mnist_tl.studies.pretrained_backbones.head``) for 5 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_features, 256), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(256, 5))
+
+
+def train_imagenet_point(features: dict[str, torch.Tensor], target: dataset.TaskData,
+                         subsets: Subsets, config: StudyConfig) -> Runs:
+    """A head per seed on the frozen ImageNet base's features of that seed's subset."""
+    start = time.perf_counter()
+    seeds = config.seeds
+    heads = [imagenet_head(features["train"].shape[1], s) for s in seeds]
+    histories = fit(heads, features["train"][subsets.train_index], subsets.y_train,
+                    config.train_config(subsets.n_images), seeds,
+                    x_eval=features["val"][subsets.val_index], y_eval=subsets.y_val,
+                    per_model_inputs=True, device=config.device, progress=False)
+    accuracy = [accuracy_on(h, features["test"], target.y_test) for h in heads]
+    return Runs(accuracy, [h.best_epoch for h in histories], time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------- study
@@ -374,34 +465,58 @@ def groups_needed(config: StudyConfig) -> list[str]:
     return sorted({g for split in config.splits for g in SPLITS[split]})
 
 
+def _rows(network: str, split: str, method: str, n: int, n_images: int,
+          seeds: Sequence[int], runs: Runs) -> list[dict]:
+    source, target = SPLITS[split]
+    return [{"network": network, "split": split, "source": source, "target": target,
+             "method": method, "labels_per_class": n, "train_images": n_images, "seed": s,
+             "accuracy": a, "best_epoch": e, "seconds": runs.seconds}
+            for s, a, e in zip(seeds, runs.accuracy, runs.epochs, strict=True)]
+
+
+def imagenet_points(data: dict[str, dataset.TaskData], trunk: nn.Module, config: StudyConfig,
+                    bar: tqdm) -> list[dict]:
+    """The frozen ImageNet base with a new head at every (split, n): network and method
+    ``imagenet``."""
+    records = []
+    for split in config.splits:
+        target = data[SPLITS[split][1]]
+        bar.set_postfix_str(f"ImageNet features {target.task}")
+        features = imagenet_features(trunk, target, config)
+        for n in config.labels_per_class:
+            bar.set_postfix_str(f"ImageNet base {split} n={n or 'all'}")
+            subsets = seed_subsets(target, n, config.seeds)
+            runs = train_imagenet_point(features, target, subsets, config)
+            records += _rows("imagenet", split, "imagenet", n, subsets.n_images,
+                             config.seeds, runs)
+            bar.update()
+    return records
+
+
 def label_efficiency(arrays: dataset.Arrays, config: StudyConfig, *,
-                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """Every (network, split, method, n, seed)'s test accuracy, and each base's.
 
-    Returns ``(points, bases)``: ``points`` has one row per seed with ``network, split,
-    source, target, method, labels_per_class, train_images, seed, accuracy,
-    best_epoch, seconds`` (a point's wall time, for all its seeds); ``bases`` one row
-    per (network, group, seed).
+    Returns ``(points, bases, imagenet_not_run)``: ``points`` has one row per seed with
+    ``network, split, source, target, method, labels_per_class, train_images, seed,
+    accuracy, best_epoch, seconds`` (a point's wall time, for all its seeds); ``bases``
+    one row per (network, group, seed); why the ImageNet base did not run (None: it did).
     """
     data = {g: group_data(g, arrays, config) for g in groups_needed(config)}
     check_sizes([data[SPLITS[split][1]] for split in config.splits], config.labels_per_class)
+    trunk, imagenet_not_run = imagenet_trunk(config)  # before training: "on" fails early
     records, base_records = [], []
     # One bar for the whole study: a bar per run would be hundreds of widgets, all saved
     # in the executed notebook.
-    steps = len(config.networks) * (len(data) + len(config.splits)
-                                    * len(config.labels_per_class) * len(METHODS))
+    points = len(config.splits) * len(config.labels_per_class)
+    steps = (len(config.networks) * (len(data) + points * len(METHODS))
+             + (points if trunk is not None else 0))
     bar = tqdm(total=steps, desc="when transfer pays", disable=not progress, unit="run")
+    if trunk is not None:
+        records += imagenet_points(data, trunk, config, bar)
     for network in config.networks:
-        bases, base_runs = {}, {}
-        for group, group_set in data.items():
-            bar.set_postfix_str(f"{network} base {group}")
-            bases[group], base_runs[group] = train_bases(network, group_set, config,
-                                                          progress=False)
-            bar.update()
-            base_records += [{"network": network, "group": group, "seed": s, "accuracy": a,
-                              "best_epoch": e, "seconds": base_runs[group].seconds}
-                             for s, a, e in zip(config.seeds, base_runs[group].accuracy,
-                                                base_runs[group].epochs, strict=True)]
+        bases, base_runs, records_now = every_base(network, data, config, bar)
+        base_records += records_now
         for split in config.splits:
             source, target = SPLITS[split]
             for n in config.labels_per_class:
@@ -414,14 +529,10 @@ def label_efficiency(arrays: dataset.Arrays, config: StudyConfig, *,
                         runs = train_point(network, method, bases[source], data[target],
                                            subsets, config, progress=False)
                     bar.update()
-                    records += [{"network": network, "split": split, "source": source,
-                                 "target": target, "method": method, "labels_per_class": n,
-                                 "train_images": subsets.n_images, "seed": s,
-                                 "accuracy": a, "best_epoch": e, "seconds": runs.seconds}
-                                for s, a, e in zip(config.seeds, runs.accuracy, runs.epochs,
-                                                   strict=True)]
+                    records += _rows(network, split, method, n, subsets.n_images,
+                                     config.seeds, runs)
     bar.close()
-    return pd.DataFrame(records), pd.DataFrame(base_records)
+    return pd.DataFrame(records), pd.DataFrame(base_records), imagenet_not_run
 
 
 POINT = ["network", "split", "method", "labels_per_class"]
@@ -441,13 +552,15 @@ def summary(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_tests(points: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Each transfer method against scratch at every point: the mean difference over
-    seeds (points), and a paired t-test across seeds, which share their subsets."""
+    """Each transfer method (the ImageNet base included) against scratch at every point:
+    the mean difference over seeds (points), and a paired t-test across seeds, which
+    share their subsets."""
     rows = []
-    wide = points.pivot_table(index=["network", "split", "labels_per_class", "seed"],
-                              columns="method", values="accuracy")
+    wide = beside_each_network(points).pivot_table(
+        index=["network", "split", "labels_per_class", "seed"], columns="method",
+        values="accuracy")
     for (network, split, n), group in wide.groupby(level=[0, 1, 2], sort=False):
-        for method in ("frozen", "finetune"):
+        for method in [m for m in ("frozen", "finetune", "imagenet") if m in group]:
             diff = group[method] - group["scratch"]
             p = (float(stats.ttest_rel(group[method], group["scratch"]).pvalue)
                  if diff.std() > 0 else (1.0 if diff.mean() == 0 else 0.0))
@@ -484,10 +597,11 @@ def result_rows(table: pd.DataFrame) -> list[dict]:
         n = "all" if r.labels_per_class == 0 else str(r.labels_per_class)
         reference = (KERAS_EXAMPLE_ACCURACY if (r.network, r.split, r.method,
                      r.labels_per_class) == ("cnn", "low-to-high", "frozen", 0) else None)
+        source, target = SPLITS[r.split]
         rows.append({
-            "study": STUDY, "protocol": METHODS[r.method],
-            "model": f"{NETWORKS[r.network]}, {n} labels per class",
-            "task": f"{SPLITS[r.split][1]} (from {SPLITS[r.split][0]})",
+            "study": STUDY, "protocol": METHOD_TITLES[r.method],
+            "model": f"{NETWORKS.get(r.network, IMAGENET_TITLE)}, {n} labels per class",
+            "task": f"{target} (from {'ImageNet' if r.network == 'imagenet' else source})",
             "metric": "test_accuracy", "mean": r.mean, "std": r.std,
             "ci95_low": r.ci95_low, "ci95_high": r.ci95_high, "n_seeds": r.n_seeds,
             "reference": reference,
@@ -500,9 +614,10 @@ def result_rows(table: pd.DataFrame) -> list[dict]:
 
 def curves_frames(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One wide frame per (network, split) for ``dvc plots``: ``per_class`` and each
-    method's mean test accuracy with its CI."""
+    method's mean test accuracy with its CI (the ImageNet base's in every network's)."""
     frames = {}
-    for (network, split), group in table.groupby(["network", "split"], sort=False):
+    for (network, split), group in beside_each_network(table).groupby(["network", "split"],
+                                                                      sort=False):
         wide = group.pivot_table(index="per_class", columns="method",
                                  values=["mean", "ci95_low", "ci95_high"])
         wide.columns = [m if stat == "mean" else f"{m}_{stat}" for stat, m in wide.columns]
@@ -514,27 +629,54 @@ def metrics_path(reports_dir=None) -> Path:
     return paths.metrics_dir(reports_dir) / "when_transfer_pays.json"
 
 
+def details_path(reports_dir=None) -> Path:
+    return paths.reports_dir(reports_dir) / DETAILS_FILE
+
+
+def _per_class_key(n: int) -> str:
+    return "all" if n == 0 else f"n{n}"
+
+
+def scalar_metrics(table: pd.DataFrame, crossover_rows: list[dict], wall_seconds: float
+                   ) -> dict:
+    """For ``dvc metrics show/diff``: each point's mean test accuracy, nested network >
+    split > method > n, and each crossover's largest n ("none": at none)."""
+    accuracy: dict = {}
+    for r in table.itertuples():
+        (accuracy.setdefault(r.network, {}).setdefault(r.split, {})
+         .setdefault(r.method, {}))[_per_class_key(r.labels_per_class)] = round(r.mean, 4)
+    crossover: dict = {}
+    for c in crossover_rows:
+        n = c["better_up_to"]
+        crossover.setdefault(c["network"], {}).setdefault(c["split"], {})[c["method"]] = (
+            "none" if n is None else "all" if n == 0 else n)
+    return {"test_accuracy": accuracy, "largest_n_transfer_better": crossover,
+            "wall_seconds": round(wall_seconds, 1)}
+
+
 def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: StudyConfig,
-                  wall_seconds: float, reports_dir=None) -> Path:
-    """``metrics/when_transfer_pays.json`` (every point's summary, the paired tests, the
-    crossovers, the bases, every seed's number) and, for ``dvc plots``, one CSV per
-    network and split in ``plots/label_efficiency/``."""
+                  wall_seconds: float, reports_dir=None, imagenet_not_run: str | None = None
+                  ) -> Path:
+    """Three outputs: ``metrics/when_transfer_pays.json``, scalars for ``dvc metrics``;
+    ``runs/when_transfer_pays.json``, what the report and notebook read (every point's
+    summary, the paired tests, the crossovers, the bases, every seed's number, the
+    settings and software); for ``dvc plots``, one CSV per network and split in
+    ``plots/label_efficiency/``. Returns the second's path."""
     table = summary(points)
     tests = paired_tests(points)
+    crossover_rows = crossovers(tests)
     curves_dir = paths.reports_dir(reports_dir) / "plots" / "label_efficiency"
     for name, frame in curves_frames(table).items():
         write_text(curves_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.4f"))
-    base_summary = [{"network": network, "group": group, "best_epoch": g.best_epoch.tolist(),
-                     "seconds": float(g.seconds.iloc[0])}
-                    | evaluate.summarize(g.accuracy.tolist())
-                    for (network, group), g in bases.groupby(["network", "group"], sort=False)]
-    return write_json(metrics_path(reports_dir), {
+    write_json(metrics_path(reports_dir), scalar_metrics(table, crossover_rows, wall_seconds))
+    return write_json(details_path(reports_dir), {
         "study": STUDY,
         "results": result_rows(table),
         "points": table.to_dict("records"),
         "tests": tests.to_dict("records"),
-        "crossovers": crossovers(tests),
-        "bases": base_summary,
+        "crossovers": crossover_rows,
+        "bases": base_summary(bases),
+        "imagenet_not_run": imagenet_not_run,
         "per_seed": points.to_dict("records"),
         "wall_seconds": wall_seconds,
         "config": asdict(config),

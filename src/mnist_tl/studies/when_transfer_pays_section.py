@@ -1,5 +1,5 @@
 """The "When does transfer pay" part of the report and of notebook 06: figures, tables
-and conclusions written from ``metrics/when_transfer_pays.json`` alone (the report stage
+and conclusions written from ``runs/when_transfer_pays.json`` alone (the report stage
 never imports the training code)."""
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import pandas as pd
 from mnist_tl.io import read_json
 
 STUDY = "when-transfer-pays"
-METRICS_FILE = "when_transfer_pays.json"
+DETAILS_FILE = "runs/when_transfer_pays.json"  # under reports/; metrics/ has its scalars
 SPLIT_TITLES = {"even-to-odd": "MNIST-Even → MNIST-Odd", "odd-to-even": "MNIST-Odd → MNIST-Even",
                 "low-to-high": "digits 0-4 → 5-9"}
 NETWORK_TITLES = {"mlp": "MLP 784-500", "cnn": "small CNN"}
 METHOD_TITLES = {"scratch": "from scratch", "frozen": "transfer, frozen features",
-                 "finetune": "transfer, fine-tuned"}
+                 "finetune": "transfer, fine-tuned",
+                 "imagenet": "ImageNet base, frozen (no source)"}
+IMAGENET_TITLE = "EfficientNet-Lite0, ImageNet weights, frozen + FC head"
 KERAS_EXAMPLE_ACCURACY = 99.2
 CNN_GOAL = 99.3
 
@@ -30,8 +32,19 @@ def _n(n: int) -> str:
     return "all" if n == 0 else str(n)
 
 
+def beside_each_network(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with the ImageNet base's rows (network ``imagenet``) repeated under each
+    network, as one more method beside its scratch run (they share their subsets: these
+    depend on the target and the seed alone)."""
+    imagenet = points[points.network == "imagenet"]
+    own = points[points.network != "imagenet"]
+    return pd.concat([own] + [imagenet.assign(network=network)
+                              for network in dict.fromkeys(own.network)], ignore_index=True)
+
+
 def points_frame(metrics: dict) -> pd.DataFrame:
-    return pd.DataFrame(metrics["points"])
+    """Every point's summary, the ImageNet base's beside each network's."""
+    return beside_each_network(pd.DataFrame(metrics["points"]))
 
 
 def curves_figure(metrics: dict, split: str):
@@ -49,11 +62,13 @@ def curves_figure(metrics: dict, split: str):
                              squeeze=False, sharey=True, layout="constrained")
     for ax, network in zip(axes[0], networks, strict=True):
         part = points[points.network == network]
-        for colour, (method, title) in zip(PALETTE, METHOD_TITLES.items()):
+        for method, title in METHOD_TITLES.items():
+            colour = PALETTE[7 if method == "imagenet" else list(METHOD_TITLES).index(method)]
             line = part[part.method == method].sort_values("per_class")
             if line.empty:
                 continue
-            ax.plot(line.per_class, line["mean"], "o-", color=colour, ms=4, label=title)
+            ax.plot(line.per_class, line["mean"], "o--" if method == "imagenet" else "o-",
+                    color=colour, ms=4, label=title)
             # a t-interval over few seeds can pass 0 or 100 %; accuracy cannot
             low = line.ci95_low.fillna(line["mean"]).clip(lower=0)
             high = line.ci95_high.fillna(line["mean"]).clip(upper=100)
@@ -118,6 +133,7 @@ def capped_runs(metrics: dict) -> tuple[int, int]:
 
 
 def _point(metrics: dict, network: str, split: str, method: str, n: int = 0) -> dict | None:
+    network = "imagenet" if method == "imagenet" else network
     for p in metrics["points"]:
         if (p["network"], p["split"], p["method"], p["labels_per_class"]) == (
                 network, split, method, n):
@@ -153,6 +169,28 @@ def cnn_frame(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def imagenet_lines(metrics: dict, ns: tuple[int, ...] = (1, 10, 100, 0)) -> list[str]:
+    """Per split: the frozen ImageNet base against each network's frozen base from the
+    source, at a few n."""
+    lines = []
+    for split in metrics["config"]["splits"]:
+        ours = [n for n in ns if _point(metrics, "", split, "imagenet", n)]
+        if not ours:
+            continue
+
+        def means(network: str, method: str, split: str = split, ours: list = ours) -> str:
+            values = [_point(metrics, network, split, method, n) for n in ours]
+            return " / ".join("—" if v is None else f"{v['mean']:.1f}" for v in values)
+
+        others = "; ".join(f"the {NETWORK_TITLES.get(net, net)}'s frozen source base "
+                           f"{means(net, 'frozen')} %"
+                           for net in metrics["config"]["networks"])
+        lines.append(f"- **ImageNet against the other digits, {SPLIT_TITLES.get(split, split)}**: "
+                     f"at n = {' / '.join(_n(n) for n in ours)} per class the frozen ImageNet "
+                     f"base reaches {means('', 'imagenet')} %; {others}.")
+    return lines
+
+
 def conclusions(metrics: dict) -> str:
     """A few sentences, each with its evidence, from the numbers of this run."""
     lines = []
@@ -175,7 +213,10 @@ def conclusions(metrics: dict) -> str:
                        f"(largest: {_n(c['better_up_to'])})")
         worse = ("" if not c["worse_at"] else
                  f"; significantly worse at n = {_ns(c['worse_at'])}")
-        lines.append(f"- **{network}, {split}, {method}** {verdict}{gain}{worse}.")
+        what = (f"{method}, against the {network} from scratch" if c["method"] == "imagenet"
+                else f"{network}, {method}")
+        lines.append(f"- **{what}, {split}** {verdict}{gain}{worse}.")
+    lines += imagenet_lines(metrics)
     cnn = cnn_frame(metrics)
     if not cnn.empty:
         met = (cnn[f"goal {CNN_GOAL} % (frozen)"] == "met").sum()
@@ -197,9 +238,19 @@ def _md_table(frame: pd.DataFrame, index: bool = False) -> str:
     return frame.to_markdown(index=index) + "\n"
 
 
-def markdown(metrics_dir: Path, figures: str = "figures") -> str | None:
+def imagenet_sentence(metrics: dict) -> str:
+    config = metrics["config"]
+    if metrics.get("imagenet_not_run"):
+        return f"The frozen ImageNet base did not run ({metrics['imagenet_not_run']})."
+    return ("A fourth method has no source at all: the assignment study's ImageNet base "
+            f"(EfficientNet-Lite0, pooled {config['imagenet_layer']} at "
+            f"{config['imagenet_size']} px, frozen) with notebook 05's head (-> 256 -> 5, "
+            "dropout 0.5) trained on the same subsets, with the same schedule.")
+
+
+def markdown(reports_dir: Path, figures: str = "figures") -> str | None:
     """The report's section, or None before the study has run."""
-    path = Path(metrics_dir) / METRICS_FILE
+    path = Path(reports_dir) / DETAILS_FILE
     if not path.exists():
         return None
     metrics = read_json(path)
@@ -216,7 +267,8 @@ def markdown(metrics_dir: Path, figures: str = "figures") -> str | None:
         "the training set (n more labels per class from the target's validation split; the "
         "whole split where it has fewer, about 600 per class), with at least "
         f"{config['min_steps']} steps per run: the test set selects nothing. Adam, learning rate "
-        f"{config['lr']} ({config['finetune_lr']} to fine-tune).\n",
+        f"{config['lr']} ({config['finetune_lr']} to fine-tune). "
+        f"{imagenet_sentence(metrics)}\n",
     ]
     for split in config["splits"]:
         parts.append(f"![{SPLIT_TITLES[split]}]({figures}/{figure_name(split)}.png)\n")
@@ -225,7 +277,8 @@ def markdown(metrics_dir: Path, figures: str = "figures") -> str | None:
     parts += ["### Where transfer stops paying\n", _md_table(crossover_frame(metrics)),
               "### The convolutional base at all labels\n", _md_table(cnn_frame(metrics)),
               "### Conclusions\n", conclusions(metrics),
-              f"Every point's numbers: `reports/results.csv` (study `{metrics['study']}`) and "
+              f"Every point's numbers: `reports/results.csv` (study `{metrics['study']}`), "
+              f"`reports/{DETAILS_FILE}` (every seed, every test) and "
               "`reports/plots/label_efficiency/` (`dvc plots show`).\n"]
     return "\n".join(parts)
 

@@ -41,7 +41,13 @@ from mnist_tl.modeling.small_cnn import SmallCNN
 from mnist_tl.modeling.train import fit, linear_chain
 from mnist_tl.provenance import environment
 from mnist_tl.studies import when_transfer_pays as transfer
-from mnist_tl.studies.which_layers_transfer_section import BASES, MODES, STUDY, SPLITS
+from mnist_tl.studies.which_layers_transfer_section import (
+    BASES,
+    DETAILS_FILE,
+    MODES,
+    SPLITS,
+    STUDY,
+)
 
 NETWORK_TITLES = transfer.NETWORKS
 
@@ -149,7 +155,8 @@ def train_copies(network: str, bases: list[nn.Module], k: int, mode: str,
         fixed, tops = zip(*splits, strict=True)
 
         def extract(images):
-            return torch.stack([transfer._outputs(f, transfer._inputs(network, x), config.device)
+            return torch.stack([transfer.frozen_outputs(f, transfer.network_inputs(network, x),
+                                                        config.device)
                                 for f, x in zip(fixed, images, strict=True)])
 
         histories = fit(list(tops), extract(subsets.x_train), subsets.y_train, train, seeds,
@@ -157,11 +164,11 @@ def train_copies(network: str, bases: list[nn.Module], k: int, mode: str,
                         per_model_inputs=True, device=config.device, progress=False, desc=desc)
         epochs = [h.best_epoch for h in histories]
     else:
-        epochs = transfer._train(network, models, subsets.x_train, subsets.y_train,
-                                 subsets.x_val, subsets.y_val, train, seeds, config.device,
-                                 False, desc)
-    test_x = transfer._inputs(network, target.x_test)
-    accuracy = [transfer._accuracy(m, test_x, target.y_test) for m in models]
+        epochs = transfer.train_each(network, models, subsets.x_train, subsets.y_train,
+                                     subsets.x_val, subsets.y_val, train, seeds, config.device,
+                                     False, desc)
+    test_x = transfer.network_inputs(network, target.x_test)
+    accuracy = [transfer.accuracy_on(m, test_x, target.y_test) for m in models]
     return transfer.Runs(accuracy, epochs, time.perf_counter() - start)
 
 
@@ -181,16 +188,8 @@ def layer_transfer(arrays: dataset.Arrays, config: LayerConfig, *,
     bar = tqdm(total=steps, desc="which layers transfer", disable=not progress, unit="run")
     records, base_records = [], []
     for network in config.networks:
-        bases, base_runs = {}, {}
-        for group, group_set in data.items():
-            bar.set_postfix_str(f"{network} base {group}")
-            bases[group], base_runs[group] = transfer.train_bases(network, group_set, config,
-                                                                  progress=False)
-            base_records += [{"network": network, "group": group, "seed": s, "accuracy": a,
-                              "best_epoch": e, "seconds": base_runs[group].seconds}
-                             for s, a, e in zip(config.seeds, base_runs[group].accuracy,
-                                                base_runs[group].epochs, strict=True)]
-            bar.update()
+        bases, base_runs, records_now = transfer.every_base(network, data, config, bar)
+        base_records += records_now
         for split in config.splits:
             source, target = transfer.SPLITS[split]
             for n in config.labels_per_class:
@@ -303,25 +302,40 @@ def metrics_path(reports_dir=None):
     return paths.metrics_dir(reports_dir) / "which_layers_transfer.json"
 
 
+def details_path(reports_dir=None):
+    return paths.reports_dir(reports_dir) / DETAILS_FILE
+
+
+def scalar_metrics(table: pd.DataFrame, wall_seconds: float) -> dict:
+    """For ``dvc metrics show/diff``: each point's mean test accuracy, nested network >
+    split > n > run (``scratch``, or base and mode) > k."""
+    accuracy: dict = {}
+    for r in table.itertuples():
+        run = "scratch" if r.layers_copied == 0 else f"{r.base}_{r.mode}"
+        (accuracy.setdefault(r.network, {}).setdefault(r.split, {})
+         .setdefault("all" if r.labels_per_class == 0 else f"n{r.labels_per_class}", {})
+         .setdefault(run, {}))[f"k{r.layers_copied}"] = round(r.mean, 4)
+    return {"test_accuracy": accuracy, "wall_seconds": round(wall_seconds, 1)}
+
+
 def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: LayerConfig,
                   wall_seconds: float, reports_dir=None):
-    """``metrics/which_layers_transfer.json`` (every point's summary, the paired tests,
-    the bases, every seed's number) and, for ``dvc plots``, one CSV per network, split
-    and n in ``plots/layer_transfer/``."""
+    """Three outputs: ``metrics/which_layers_transfer.json``, scalars for ``dvc metrics``;
+    ``runs/which_layers_transfer.json``, what the report and notebook read (every point's
+    summary, the paired tests, the bases, every seed's number, the settings and
+    software); for ``dvc plots``, one CSV per network, split and n in
+    ``plots/layer_transfer/``. Returns the second's path."""
     table = summary(points)
     curves_dir = paths.reports_dir(reports_dir) / "plots" / "layer_transfer"
     for name, frame in curves_frames(table).items():
         write_text(curves_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.4f"))
-    base_summary = [{"network": network, "group": group, "best_epoch": g.best_epoch.tolist(),
-                     "seconds": float(g.seconds.iloc[0])}
-                    | evaluate.summarize(g.accuracy.tolist())
-                    for (network, group), g in bases.groupby(["network", "group"], sort=False)]
-    return write_json(metrics_path(reports_dir), {
+    write_json(metrics_path(reports_dir), scalar_metrics(table, wall_seconds))
+    return write_json(details_path(reports_dir), {
         "study": STUDY,
         "results": result_rows(table),
         "points": table.to_dict("records"),
         "tests": paired_tests(points).to_dict("records"),
-        "bases": base_summary,
+        "bases": transfer.base_summary(bases),
         "per_seed": points.to_dict("records"),
         "wall_seconds": wall_seconds,
         "config": asdict(config),

@@ -1,5 +1,5 @@
 """The "Which layers transfer" part of the report and of notebook 07: figures, tables and
-conclusions written from ``metrics/which_layers_transfer.json`` alone (the report stage
+conclusions written from ``runs/which_layers_transfer.json`` alone (the report stage
 never imports the training code)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from mnist_tl.io import read_json
 from mnist_tl.studies.when_transfer_pays_section import NETWORK_TITLES, SPLIT_TITLES
 
 STUDY = "which-layers-transfer"
-METRICS_FILE = "which_layers_transfer.json"
+DETAILS_FILE = "runs/which_layers_transfer.json"  # under reports/; metrics/ has its scalars
 SPLITS = ("even-to-odd", "odd-to-even")
 BASES = {"source": "base trained on the source", "self": "base trained on the target (control)"}
 MODES = {"frozen": "frozen", "finetune": "fine-tuned"}
@@ -58,7 +58,7 @@ def layers_figure(metrics: dict, network: str):
         for col, n in enumerate(ns):
             ax = axes[row, col]
             part = points[(points.split == split) & (points.labels_per_class == n)]
-            for colour, mode in zip(PALETTE, MODES):
+            for colour, mode in zip(PALETTE, MODES, strict=False):
                 for base, style in (("source", "-"), ("self", "--")):
                     line = _line(part, base, mode)
                     ax.plot(line.layers_copied, line["mean"], style, marker="o", ms=4,
@@ -174,9 +174,9 @@ def _md_table(frame: pd.DataFrame) -> str:
     return frame.to_markdown() + "\n"
 
 
-def markdown(metrics_dir: Path, figures: str = "figures") -> str | None:
+def markdown(reports_dir: Path, figures: str = "figures") -> str | None:
     """The report's section, or None before the study has run."""
-    path = Path(metrics_dir) / METRICS_FILE
+    path = Path(reports_dir) / DETAILS_FILE
     if not path.exists():
         return None
     metrics = read_json(path)
@@ -203,5 +203,6 @@ def markdown(metrics_dir: Path, figures: str = "figures") -> str | None:
                      "over seeds.*\n")
     parts += ["### Conclusions\n", conclusions(metrics),
               f"Every point: `reports/results.csv` (study `{metrics['study']}`, column "
-              "`layers_copied`) and `reports/plots/layer_transfer/` (`dvc plots show`).\n"]
+              f"`layers_copied`), `reports/{DETAILS_FILE}` (every seed, every test) and "
+              "`reports/plots/layer_transfer/` (`dvc plots show`).\n"]
     return "\n".join(parts)
