@@ -81,8 +81,8 @@ def test_slide_deck_section_uses_the_decks_layout_and_audits_it(tmp_path):
         _row(model="Transfer learning (kept head) (even→odd), the deck's mixed count",
              task="odd", mean=97.95, reference=98.06),
     ]
-    io.write_json(tmp_path / "metrics" / "softmax.json", {"results": rows})
-    io.write_json(tmp_path / "metrics" / "transfer.json", {"mcnemar": [{
+    io.write_json(tmp_path / "runs" / "softmax.json", {"results": rows})
+    io.write_json(tmp_path / "runs" / "transfer.json", {"mcnemar": [{
         "transfer": "transfer-keep_faithful_even_to_odd", "direct": "mlp_faithful_odd",
         "per_seed": [{}, {}], "transfer_better_seeds": 0, "significant_seeds_p05": 2,
         "median_p_value": 1e-4}]})
@@ -271,11 +271,12 @@ def _history(seed, losses, split="val"):
 def test_curves_are_tidy_seed_means_over_the_seeds_still_training(tmp_path):
     from mnist_tl import curves
 
-    io.write_json(tmp_path / "metrics" / "mlp.json", {"runs": {"mlp_corrected_even": {
+    io.write_json(tmp_path / "runs" / "mlp.json", {"runs": {"mlp_corrected_even": {
         "histories": [_history(0, [1.0, 0.5, 0.25]), _history(1, [3.0, 1.5])]}}})
     (tmp_path / "curves").mkdir()
     (tmp_path / "curves" / "gone.csv").write_text("stale")
-    [path] = curves.write_curves(tmp_path / "metrics", tmp_path / "curves")
+    [path] = curves.write_curves([tmp_path / "runs" / "mlp.json",
+                                  tmp_path / "runs" / "absent.json"], tmp_path / "curves")
     table = pd.read_csv(path)
     assert list(table.epoch) == [1, 2, 3] and list(table.seeds) == [2, 2, 1]
     assert list(table.train_loss) == [2.0, 1.0, 0.25]
@@ -298,7 +299,7 @@ def test_every_figure_the_reports_reference_exists_and_the_html_inlines_them(tmp
         return [evaluate.classification_metrics(truth, truth.roll(s, 0) if s else truth,
                                                 digits[task]) for s in (0, 1)]
 
-    io.write_json(tmp_path / "metrics" / "mlp.json", {"results": rows, "runs": {
+    io.write_json(tmp_path / "runs" / "mlp.json", {"results": rows, "runs": {
         f"mlp_{p}_{t}": {"protocol": p, "histories": [_history(0, [1.0, 0.5], "test"
                                                            if p == "faithful" else "val")],
                          "class_metrics": class_metrics(t)}

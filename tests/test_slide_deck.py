@@ -47,6 +47,23 @@ def test_result_row_carries_the_deck_number(tiny_arrays, config):
     assert row["n_seeds"] == 2
 
 
+def test_metrics_file_holds_scalars_and_the_details_file_everything(tiny_arrays, config,
+                                                                   tmp_path):
+    from mnist_tl.io import read_json
+
+    run = slide_deck.train_baseline("softmax", "odd", "corrected", config, arrays=tiny_arrays,
+                                    progress=False)
+    path = slide_deck.write_metrics("softmax", [slide_deck.result_row(run)], [run], config,
+                                    tmp_path, wall_seconds={"corrected": 1.5})
+    assert path == tmp_path / "runs" / "softmax.json"
+    details = read_json(path)
+    assert details["runs"][run.name]["histories"] and details["results"][0]["n_seeds"] == 2
+    scalars = read_json(tmp_path / "metrics" / "softmax.json")
+    assert scalars == {"test_accuracy": {run.name: round(float(np.mean(run.accuracies)), 4)},
+                       "train_seconds": {run.name: round(run.train_seconds, 1)},
+                       "wall_seconds": {"corrected": 1.5}}
+
+
 def test_transfer_targets_the_other_parity_and_keeps_features(tiny_arrays, config):
     source = slide_deck.train_baseline("mlp", "even", "faithful", config, arrays=tiny_arrays,
                                        progress=False)

@@ -1,10 +1,11 @@
-"""Learning curves as data: every run's per-epoch history, from the metrics files, as
+"""Learning curves as data: every run's per-epoch history, from the studies' files, as
 tidy CSV under ``reports/plots/curves/`` (one file per run, the mean over its seeds),
 which ``dvc plots show`` draws and ``dvc plots diff`` compares across experiments, and
 from which the report's curve figures are made."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,15 @@ import pandas as pd
 
 from mnist_tl.io import read_json, write_text
 
-CURVE_FILES = ("softmax.json", "mlp.json", "transfer.json", "pretrained.json")
+DECK_FILES = ("softmax.json", "mlp.json", "transfer.json")  # reports/runs/
 COLUMNS = ["run", "seed", "epoch", "train_loss", "eval_loss", "eval_accuracy", "eval_split"]
 
 
-def tidy_histories(metrics_dir: Path) -> pd.DataFrame:
-    """One row per (run, seed, epoch) of every run that kept its histories."""
+def tidy_histories(files: Iterable[Path]) -> pd.DataFrame:
+    """One row per (run, seed, epoch) of every run in ``files`` (those that exist) that
+    kept its histories."""
     rows = []
-    for name in CURVE_FILES:
-        path = Path(metrics_dir) / name
+    for path in map(Path, files):
         if not path.exists():
             continue
         for run_name, run in read_json(path).get("runs", {}).items():
@@ -46,10 +47,10 @@ def seed_means(histories: pd.DataFrame) -> pd.DataFrame:
     return means.reset_index()
 
 
-def write_curves(metrics_dir: Path, out_dir: Path) -> list[Path]:
+def write_curves(files: Iterable[Path], out_dir: Path) -> list[Path]:
     """``<out_dir>/<run>.csv`` (epoch, train_loss, eval_loss, eval_accuracy, seeds) for
-    every run; stale files of runs that no longer exist are removed."""
-    means = seed_means(tidy_histories(metrics_dir))
+    every run of ``files``; stale files of runs that no longer exist are removed."""
+    means = seed_means(tidy_histories(files))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

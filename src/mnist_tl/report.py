@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_tl import config
-from mnist_tl.curves import write_curves
+from mnist_tl.curves import DECK_FILES, write_curves
 from mnist_tl.io import read_json, write_json, write_text
 from mnist_tl.studies import (
     pretrained_backbones_section,
@@ -142,12 +142,12 @@ def protocol_training_seconds(metrics: dict) -> dict[str, float]:
     return seconds
 
 
-def training_time_markdown(metrics_dir: Path) -> str:
+def training_time_markdown(runs_dir: Path) -> str:
     """Training wall time of the slide-deck study per protocol and model (all seeds)."""
     seconds: dict[str, dict[str, float]] = {}
     for name, column in (("softmax", "softmax regression"), ("mlp", "neural network"),
                          ("transfer", "transfer")):
-        path = metrics_dir / f"{name}.json"
+        path = runs_dir / f"{name}.json"
         if not path.exists():
             continue
         for protocol, wall in protocol_training_seconds(read_json(path)).items():
@@ -331,18 +331,19 @@ def targets_markdown(benchmark: dict | None, faithful_seconds: float | None,
     return "\n".join(lines) + "\n"
 
 
-def faithful_training_seconds(metrics_dir: Path) -> float | None:
+def faithful_training_seconds(runs_dir: Path) -> float | None:
     walls = [protocol_training_seconds(read_json(path)).get("faithful")
              for name in ("softmax", "mlp", "transfer")
-             if (path := metrics_dir / f"{name}.json").exists()]
+             if (path := runs_dir / f"{name}.json").exists()]
     walls = [w for w in walls if w is not None]
     return sum(walls) if walls else None
 
 
 def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path, Path]:
-    metrics_dir = reports_dir / "metrics"
-    table = collect_results(metrics_dir, reports_dir / "runs")
-    write_curves(metrics_dir, reports_dir / "plots" / "curves")
+    metrics_dir, runs_dir = reports_dir / "metrics", reports_dir / "runs"
+    table = collect_results(metrics_dir, runs_dir)
+    write_curves([runs_dir / name for name in DECK_FILES] + [metrics_dir / "pretrained.json"],
+                 reports_dir / "plots" / "curves")
     csv_path = reports_dir / "results.csv"
     write_text(csv_path, table.to_csv(index=False, float_format="%.4f"))
 
@@ -353,7 +354,7 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path, Pa
         "do not edit by hand. Accuracies are percentages on the official test images "
         "of each task.\n",
     ]
-    deck_section = slide_deck_section.markdown(table, metrics_dir, reports_dir)
+    deck_section = slide_deck_section.markdown(table, runs_dir, reports_dir)
     sections += [deck_section] if deck_section else []
     assignment_section = pretrained_backbones_section.markdown(table, metrics_dir)
     sections += [assignment_section] if assignment_section else []
@@ -369,17 +370,17 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path, Pa
         sections += ["## Data\n", data_markdown(data), data_figures_markdown(reports_dir)]
     sections += ["## Runtime (last `dvc repro` of each stage)\n",
                  runtime_markdown(reports_dir / "runtime")]
-    training_time = training_time_markdown(metrics_dir)
+    training_time = training_time_markdown(runs_dir)
     sections += [training_time] if training_time else []
     benchmark_file = metrics_dir / "benchmark.json"
     benchmark = read_json(benchmark_file) if benchmark_file.exists() else None
     if benchmark is not None:
         sections.append(benchmark_markdown(benchmark))
-    mlp_file = metrics_dir / "mlp.json"
+    mlp_file = runs_dir / "mlp.json"
     faithful_floor = (faithful_floor_seconds(benchmark, data, read_json(mlp_file)["config"])
                       if benchmark is not None and data is not None and mlp_file.exists()
                       else None)
-    faithful = faithful_training_seconds(metrics_dir)
+    faithful = faithful_training_seconds(runs_dir)
     sections.append(targets_markdown(benchmark, faithful, reports_dir / "runtime",
                                      faithful_floor))
     write_json(metrics_dir / "speed.json", speed_metrics(faithful, faithful_floor,

@@ -517,15 +517,22 @@ def results_frame(rows: list[dict]):
 
 def write_metrics(name: str, rows: list[dict], runs: list[Run], config: StudyConfig,
                   reports_dir=None, **extra) -> Path:
-    """``<reports_dir>/metrics/<name>.json``: the result rows, every run's details, settings
-    and the software/thread setting that produced them."""
+    """Two files: ``runs/<name>.json``, what the report reads (the result rows, every
+    run's details, settings and the software/thread setting that produced them, and
+    ``extra``); ``metrics/<name>.json``, scalars for ``dvc metrics show/diff``: each run's
+    mean test accuracy and training time (and ``wall_seconds``). Returns the first."""
     from dataclasses import asdict
 
     from mnist_tl import config as paths
     from mnist_tl.io import write_json
     from mnist_tl.provenance import environment
 
-    return write_json(paths.metrics_dir(reports_dir) / f"{name}.json", {
+    scalars = {"test_accuracy": {r.name: round(float(np.mean(r.accuracies)), 4) for r in runs},
+               "train_seconds": {r.name: round(r.train_seconds, 1) for r in runs}}
+    if "wall_seconds" in extra:
+        scalars["wall_seconds"] = extra["wall_seconds"]
+    write_json(paths.metrics_dir(reports_dir) / f"{name}.json", scalars)
+    return write_json(paths.reports_dir(reports_dir) / "runs" / f"{name}.json", {
         "results": rows,
         "runs": {run.name: run.summary() for run in runs},
         "config": asdict(config),

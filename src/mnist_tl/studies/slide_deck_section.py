@@ -1,6 +1,6 @@
 """The slide-deck study's part of the report (notebooks 02-04): its figure against the
 deck, the deck's table layout per protocol, learning curves per protocol, the audit of
-the deck's numbers and the McNemar tests, written from the metrics files."""
+the deck's numbers and the McNemar tests, written from the study's files in ``reports/runs/``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mnist_tl.curves import seed_means, tidy_histories
+from mnist_tl.curves import DECK_FILES, seed_means, tidy_histories
 from mnist_tl.io import read_json
 from mnist_tl.studies.slide_deck import DECK_ACCURACY, TASK_TITLES
 
@@ -82,7 +82,7 @@ CURVE_ROWS = (("softmax", "softmax regression"), ("mlp", "neural network"),
               ("transfer-keep", "transfer, kept head"), ("transfer-fresh", "transfer, fresh head"))
 
 
-def curves_figure(metrics_dir: Path, protocol: str):
+def curves_figure(runs_dir: Path, protocol: str):
     """Train and watched loss per epoch (mean over seeds) of every model and task of a
     protocol, in one grid: a row per model, a column per target task."""
     import matplotlib.pyplot as plt
@@ -90,7 +90,7 @@ def curves_figure(metrics_dir: Path, protocol: str):
 
     from mnist_tl.plots import PALETTE
 
-    means = seed_means(tidy_histories(metrics_dir))
+    means = seed_means(tidy_histories(Path(runs_dir) / name for name in DECK_FILES))
     if means.empty:
         return None
     found = {key: run for run in means.run.unique() if (key := _run_key(run, protocol))}
@@ -125,11 +125,11 @@ def curves_figure(metrics_dir: Path, protocol: str):
     return fig
 
 
-def _runs(metrics_dir: Path) -> dict[str, dict]:
-    """Every run's summary in the deck's metrics files, by run name."""
+def _runs(runs_dir: Path) -> dict[str, dict]:
+    """Every run's summary in the deck's files (``reports/runs/``), by run name."""
     runs = {}
-    for name in ("softmax.json", "mlp.json", "transfer.json"):
-        if (path := Path(metrics_dir) / name).exists():
+    for name in DECK_FILES:
+        if (path := Path(runs_dir) / name).exists():
             runs.update(read_json(path).get("runs", {}))
     return runs
 
@@ -142,7 +142,7 @@ def _run_key(name: str, protocol: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2) or match.group(3)) if match else None
 
 
-def class_f1_figure(metrics_dir: Path, protocol: str):
+def class_f1_figure(runs_dir: Path, protocol: str):
     """Per-class F1 on the test images (mean over seeds) of every run of a protocol: the
     deck's per-model metrics figures in one heatmap, a row per model and task."""
     import matplotlib.pyplot as plt
@@ -150,7 +150,7 @@ def class_f1_figure(metrics_dir: Path, protocol: str):
 
     rows = {}
     order = {kind: i for i, (kind, _) in enumerate(CURVE_ROWS)}
-    runs = sorted(((key, name, run) for name, run in _runs(metrics_dir).items()
+    runs = sorted(((key, name, run) for name, run in _runs(runs_dir).items()
                    if (key := _run_key(name, protocol)) and run.get("class_metrics")),
                   key=lambda r: (order[r[0][0]], ("even", "odd", "full").index(r[0][1]),
                                  r[1]))
@@ -188,20 +188,20 @@ def best_run(deck: pd.DataFrame) -> tuple[str, pd.Series] | None:
     return f"{prefix}_corrected_{best.task}", best
 
 
-def best_metrics_figure(deck: pd.DataFrame, metrics_dir: Path):
+def best_metrics_figure(deck: pd.DataFrame, runs_dir: Path):
     """The deck's metrics figure (confusion matrix, per-class P/R/F1, mean over seeds)
-    of :func:`best_run`, drawn from its metrics file; with its result row."""
+    of :func:`best_run`, drawn from its details file; with its result row."""
     from mnist_tl.plots import metrics_figure
 
     best = best_run(deck)
-    run = _runs(metrics_dir).get(best[0]) if best else None
+    run = _runs(runs_dir).get(best[0]) if best else None
     if not run or not run.get("class_metrics"):
         return None
     title = f"{best[1].model}, corrected protocol, {TASK_TITLES[best[1].task]}"
     return metrics_figure(run["class_metrics"], title), best[1]
 
 
-def markdown(table: pd.DataFrame, metrics_dir: Path, reports_dir: Path | None = None,
+def markdown(table: pd.DataFrame, runs_dir: Path, reports_dir: Path | None = None,
              figures: str = "figures") -> str:
     """The deck's table layout per protocol, its figures, the audit, and the McNemar tests.
     With ``reports_dir``, the summary and curve figures are (re)drawn into its figures/."""
@@ -214,13 +214,13 @@ def markdown(table: pd.DataFrame, metrics_dir: Path, reports_dir: Path | None = 
     if reports_dir is not None:
         drawn["summary"] = save_figure(summary_figure(deck), "deck_summary", reports_dir)
         for protocol in ("faithful", "corrected"):
-            fig = curves_figure(metrics_dir, protocol)
+            fig = curves_figure(runs_dir, protocol)
             if fig is not None:
                 drawn[protocol] = save_figure(fig, f"deck_{protocol}_curves", reports_dir)
-            fig = class_f1_figure(metrics_dir, protocol)
+            fig = class_f1_figure(runs_dir, protocol)
             if fig is not None:
                 drawn[f"{protocol}_f1"] = save_figure(fig, f"deck_{protocol}_f1", reports_dir)
-        best = best_metrics_figure(deck, metrics_dir)
+        best = best_metrics_figure(deck, runs_dir)
         if best is not None:
             drawn["best"] = save_figure(best[0], "deck_best_metrics", reports_dir)
     parts = ["## The slide-deck study\n"]
@@ -265,7 +265,7 @@ def markdown(table: pd.DataFrame, metrics_dir: Path, reports_dir: Path | None = 
                   f"*The most accurate model of the corrected protocol, {row.model} on "
                   f"{TASK_TITLES[row.task]} ({row['mean']:.2f} %): confusion matrix "
                   "and per-class precision, recall and F1, mean over seeds.*\n"]
-    parts.append(audit_markdown(deck, metrics_dir))
+    parts.append(audit_markdown(deck, runs_dir))
     return "\n".join(parts)
 
 
@@ -286,7 +286,7 @@ def _implied_target_accuracy(mixed: float, source: str, target: str) -> float:
     return 100 * (mixed / 100 * 10_000 - correct_source) / TEST_IMAGES[target]
 
 
-def audit_markdown(deck: pd.DataFrame, metrics_dir: Path) -> str:
+def audit_markdown(deck: pd.DataFrame, runs_dir: Path) -> str:
     """What matches the deck, what does not, and why, written from the numbers."""
     lines = ["### Audit of the deck\n"]
     for kind, title in (("Softmax regression", "softmax regression"),
@@ -332,7 +332,7 @@ def audit_markdown(deck: pd.DataFrame, metrics_dir: Path) -> str:
         "(4 975 / 5 074 = 98.05 %, 4 976 / 5 074 = 98.07 %). The deck's conclusion that "
         "transfer nearly matches direct training rests on that bug."
     )
-    mcnemar_file = metrics_dir / "transfer.json"
+    mcnemar_file = Path(runs_dir) / "transfer.json"
     if mcnemar_file.exists():
         tests = read_json(mcnemar_file).get("mcnemar", [])
         if tests:
