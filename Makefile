@@ -50,7 +50,7 @@ reproduce: setup  ## run the whole pipeline: dvc repro (reports/ is regenerated)
 	$(RUN) dvc repro
 
 test: setup  ## run every test: unit, integration and nbval on the notebooks' smoke defaults
-	$(RUN) pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+	$(RUN) pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15
 
 lab: setup  ## open the notebooks in JupyterLab with the project's environment
 	$(RUN) jupyter lab notebooks/
