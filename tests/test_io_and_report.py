@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from mnist_tl import io, report
+from mnist_tl import io, report, speed_section
 from mnist_tl.studies import slide_deck_section
 
 
@@ -175,11 +175,11 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
     io.write_json(tmp_path / "runtime" / "05_pretrained_backbones.json",
                   {"notebook": "05_pretrained_backbones", "peak_memory_mb": 1500,
                    "wall_seconds": 1320.0})
-    text = report.targets_markdown(benchmark, 7.5 * 60, tmp_path / "runtime")
+    text = speed_section.targets_markdown(benchmark, 7.5 * 60, tmp_path / "runtime")
     assert "The notebook stages take 47.0 min together (target: the whole pipeline ≤ 45 " \
         "min): **not met**" in text
     assert "trains in 7.5 min." in text
-    with_floor = report.targets_markdown(benchmark, 9 * 60, tmp_path / "runtime", 6.25 * 60)
+    with_floor = speed_section.targets_markdown(benchmark, 9 * 60, tmp_path / "runtime", 6.25 * 60)
     assert "trains in 9.0 min, 1.44× its compute floor of 6.2 min (the softmax and network " \
         "training products alone at the measured throughput; target ≤ 1.5×): met" in with_floor
     assert "mlp: 1.9× the compute floor per epoch (target ≤ 1.5×): **not met**; 5.0× faster " \
@@ -189,7 +189,7 @@ def test_speed_targets_are_checked_against_the_numbers(tmp_path):
         "tutorial loop." in text
     assert "mlp, two runs at once: 1.56× the compute floor: **not met**; 6.0× the tutorial " \
         "loop." in text
-    table = report.benchmark_markdown(benchmark)
+    table = speed_section.benchmark_markdown(benchmark)
     assert "| mlp | 0.6 | 1.0 | 3.0 | 5.0× faster | 0.32 (47.0 GFLOP) | 1.9× |" in table
     assert "| mlp, bf16 (opt-in) | 0.19 | — | 3.0 | 15.8× faster | 0.08 (bf16 throughput) " \
         "| 2.38× |" in table
@@ -209,10 +209,10 @@ def test_faithful_floor_counts_every_training_image_epoch_and_seed():
                                    ("even", "test", 999), ("odd", "train", 180),
                                    ("odd", "val", 20), ("full", "train", 999)]]}
     # (1 + 9) GFLOP per 100 images, 300 images, 4 epochs, 2 seeds, at 50 GFLOP/s
-    seconds = report.faithful_floor_seconds(benchmark, data, {"epochs": 4, "seeds": [0, 1]})
+    seconds = speed_section.faithful_floor_seconds(benchmark, data, {"epochs": 4, "seeds": [0, 1]})
     assert seconds == pytest.approx(0.1 * 300 * 4 * 2 / 50)
     # A bfloat16 study is bounded by the bfloat16 throughput.
-    bf16 = report.faithful_floor_seconds({**benchmark, "matmul_gflops_bf16": 200.0}, data,
+    bf16 = speed_section.faithful_floor_seconds({**benchmark, "matmul_gflops_bf16": 200.0}, data,
                                          {"epochs": 4, "seeds": [0, 1], "precision": "bf16"})
     assert bf16 == pytest.approx(0.1 * 300 * 4 * 2 / 200)
 
@@ -227,8 +227,8 @@ def test_training_time_is_the_wall_time_of_runs_trained_at_once(tmp_path):
         "wall_seconds": {"faithful": 120.0, "corrected": 95.0}})
     io.write_json(tmp_path / "transfer.json", {  # in turn: the sum
         "runs": {"d": run("faithful", 10.0), "e": run("faithful", 12.0)}})
-    assert report.faithful_training_seconds(tmp_path) == 142.0
-    text = report.training_time_markdown(tmp_path)
+    assert speed_section.faithful_training_seconds(tmp_path) == 142.0
+    text = speed_section.training_time_markdown(tmp_path)
     assert "| faithful | 0 | 120 | 22 | 142 (2.4 min) |" in text
     assert "| corrected | 0 | 95 | 0 | 95 (1.6 min) |" in text
 
