@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mnist_tl import evaluate
-from mnist_tl.studies import slide_deck
 from mnist_tl.modeling.models import MODELS
+from mnist_tl.studies import slide_deck
 
 
 @pytest.fixture

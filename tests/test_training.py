@@ -15,10 +15,10 @@ from mnist_tl.modeling.train import (
     TrainConfig,
     Trained,
     _Stacked,
+    dropout_mask,
     fit,
     fit_frozen_features,
     load_checkpoint,
-    dropout_mask,
     save_checkpoint,
     seeds_at_once,
     train_new,
@@ -72,7 +72,7 @@ class SameMaskDropout(torch.nn.Module):
 def reference_loop(model, x, y, config: TrainConfig, seed: int):
     """The textbook loop (nn.Module, torch.optim, mini-batches), the same shuffling and,
     in place of nn.Dropout, the same dropout masks."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in module.named_children():
             if isinstance(child, torch.nn.Dropout):
                 setattr(module, child_name, SameMaskDropout(child.p, seed))

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import make_arrays
 from mnist_tl import dataset
 from mnist_tl.io import read_json
 from mnist_tl.modeling.small_cnn import small_cnn
 from mnist_tl.studies import when_transfer_pays as study
 from mnist_tl.studies import when_transfer_pays_section as section
-from conftest import make_arrays
 
 
 def arrays(per_class: int = 40) -> dataset.Arrays:

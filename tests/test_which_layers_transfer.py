@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_arrays
 from mnist_tl import dataset
 from mnist_tl.io import read_json
 from mnist_tl.modeling.models import build_model
@@ -14,7 +15,6 @@ from mnist_tl.modeling.small_cnn import small_cnn
 from mnist_tl.studies import when_transfer_pays as transfer
 from mnist_tl.studies import which_layers_transfer as study
 from mnist_tl.studies import which_layers_transfer_section as section
-from conftest import make_arrays
 
 
 def arrays(per_class: int = 40) -> dataset.Arrays:
