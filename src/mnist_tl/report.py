@@ -115,7 +115,7 @@ def data_figures_markdown(reports_dir: Path, figures: str = "figures") -> str:
 
 
 def runtime_markdown(runtime_dir: Path) -> str:
-    records = [read_json(p) for p in sorted(runtime_dir.glob("*.json"))]
+    records = speed_section.runtime_records(runtime_dir)
     if not records:
         return "_No stage has been run through the pipeline yet._\n"
     lines = ["Peak memory: the stage's processes together (the driver, the notebook's kernel "

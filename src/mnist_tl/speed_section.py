@@ -142,9 +142,14 @@ def faithful_floor_seconds(benchmark: dict, data: dict, study_config: dict) -> f
             / throughput)
 
 
+def runtime_records(runtime_dir: Path) -> list[dict]:
+    """Each notebook stage's runtime record (``reports/runtime/``), by notebook name."""
+    return [read_json(p) for p in sorted(Path(runtime_dir).glob("*.json"))]
+
+
 def pipeline_seconds(runtime_dir: Path) -> float | None:
     """The notebook stages' wall time together (the last `dvc repro` of each)."""
-    records = [read_json(p) for p in sorted(runtime_dir.glob("*.json"))]
+    records = runtime_records(runtime_dir)
     return sum(r["wall_seconds"] for r in records) if records else None
 
 
@@ -152,8 +157,7 @@ def speed_metrics(faithful_seconds: float | None, faithful_floor: float | None,
                   runtime_dir: Path) -> dict:
     """The speed targets' numbers, for `dvc metrics show/diff`: the faithful study against
     its floor, and the notebook stages' wall time (the last `dvc repro` of each)."""
-    stages = {read_json(p)["notebook"]: read_json(p)["wall_seconds"]
-              for p in sorted(runtime_dir.glob("*.json"))}
+    stages = {r["notebook"]: r["wall_seconds"] for r in runtime_records(runtime_dir)}
     faithful = None
     if faithful_seconds is not None:
         faithful = {"train_s": round(faithful_seconds, 1),
@@ -203,7 +207,7 @@ def targets_markdown(benchmark: dict | None, faithful_seconds: float | None,
                              "bf16 compute floor: "
                              f"{check(r['bf16_ours_vs_bf16_floor'] <= FLOOR_RATIO_TARGET)}; "
                              f"{r['bf16_speedup_vs_tutorial']}× the tutorial loop.")
-    records = [read_json(p) for p in sorted(runtime_dir.glob("*.json"))]
+    records = runtime_records(runtime_dir)
     if records:
         worst = max(records, key=lambda r: r["peak_memory_mb"])
         lines.append(f"- Peak memory of the stages: at most {worst['peak_memory_mb']} MB "
