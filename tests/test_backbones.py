@@ -99,6 +99,22 @@ def test_head_training_leaves_the_frozen_base_bit_identical(tmp_path):
     assert runs[0].layer == "blocks.1" and runs[0].head == "fc"
 
 
+def test_metrics_file_holds_scalars_and_the_details_file_everything(tmp_path):
+    from mnist_tl.io import read_json
+
+    config = tiny_config(imagenet="off")
+    _, base, _ = study.efficientnet_bases(config)
+    [run] = study.frozen_runs(base, tiny_splits(), config, cache_dir=tmp_path / "features",
+                              progress=False)
+    path = study.write_metrics([study.result_row(run)], [base], [run], config, tmp_path,
+                               chosen_layer="blocks.1")
+    assert path == tmp_path / "runs" / "pretrained.json"
+    assert read_json(path)["runs"][run.name]["histories"]
+    assert read_json(tmp_path / "metrics" / "pretrained.json") == {
+        "test_accuracy": {run.name: round(run.mean, 4)},
+        "train_seconds": {run.name: round(run.train_seconds, 1)}, "chosen_layer": "blocks.1"}
+
+
 def test_the_layer_is_chosen_on_validation_loss_never_on_test(tmp_path):
     config = tiny_config(imagenet="off")
     splits = tiny_splits()

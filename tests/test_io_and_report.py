@@ -40,13 +40,14 @@ def _row(**kw):
     return base | kw
 
 
-def test_report_collects_rows_from_every_metrics_file(tmp_path):
-    metrics = tmp_path / "metrics"
-    io.write_json(metrics / "a.json", {"results": [_row(), _row(task="odd", reference=95.13)]})
-    io.write_json(metrics / "b.json", {"results": [_row(model="MLP", reference=None)]})
-    io.write_json(metrics / "other.json", {"accuracy": 1.0})  # no rows: ignored
+def test_report_collects_rows_from_every_studys_details_file(tmp_path):
+    runs = tmp_path / "runs"
+    io.write_json(runs / "a.json", {"results": [_row(), _row(task="odd", reference=95.13)]})
+    io.write_json(runs / "b.json", {"results": [_row(model="MLP", reference=None)]})
+    io.write_json(runs / "other.json", {"accuracy": 1.0})  # no rows: ignored
+    io.write_json(tmp_path / "metrics" / "a.json", {"results": [_row(model="scalar file")]})
     csv_path, md_path, _ = report.build_report(tmp_path)
-    table = report.collect_results(metrics)
+    table = report.collect_results(runs)
     assert len(table) == 3
     assert table.loc[table.task == "odd", "difference"].item() == pytest.approx(96.5 - 95.13)
     text = md_path.read_text()
@@ -54,6 +55,7 @@ def test_report_collects_rows_from_every_metrics_file(tmp_path):
                 "| 95.13 | 1.37 |")
     assert expected in text
     assert "| MLP | MNIST-Even | 96.50 ± 0.10 | [96.40, 96.60] | 5 |  |  |" in text
+    assert "scalar file" not in text  # metrics/ holds scalars for dvc, not result rows
     assert csv_path.read_text().splitlines()[0].startswith("study,protocol,model,task")
 
 
@@ -129,7 +131,7 @@ def test_assignment_section_is_written_from_the_numbers_with_not_run_rows(tmp_pa
                      ci95_low=None, ci95_high=None, n_seeds=0, reference=98.9,
                      model="ResNet-18, ImageNet weights, frozen + FC head, 32 px",
                      note="not run: weights are not in the torch hub cache"))
-    io.write_json(tmp_path / "metrics" / "pretrained.json",
+    io.write_json(tmp_path / "runs" / "pretrained.json",
                   {"results": rows, "runs": runs, "bases": {}, "chosen_layer": "blocks.4"})
     for name in ("05_summary", "05_best_imagenet_metrics", "05_tsne"):  # the stage's figures
         (tmp_path / "figures").mkdir(exist_ok=True)

@@ -1,8 +1,8 @@
 """Assemble ``reports/results.csv`` and ``reports/results.md`` from the studies' JSON files.
 
-A study's file in ``reports/runs/`` (its details: every seed, every test) or, for the
-studies not yet split, in ``reports/metrics/`` contributes rows to the results table
-through its ``results`` list; each row is one number of one experiment::
+A study's file in ``reports/runs/`` (its details: every seed, every test; its scalars
+are in ``reports/metrics/``) contributes rows to the results table through its
+``results`` list; each row is one number of one experiment::
 
     {"study": "slide-deck", "protocol": "faithful", "model": "Softmax regression",
      "task": "even", "metric": "test_accuracy", "mean": 96.1, "std": 0.1,
@@ -132,8 +132,8 @@ def runtime_markdown(runtime_dir: Path) -> str:
 
 def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path, Path]:
     metrics_dir, runs_dir = reports_dir / "metrics", reports_dir / "runs"
-    table = collect_results(metrics_dir, runs_dir)
-    write_curves([runs_dir / name for name in DECK_FILES] + [metrics_dir / "pretrained.json"],
+    table = collect_results(runs_dir)
+    write_curves([runs_dir / name for name in (*DECK_FILES, "pretrained.json")],
                  reports_dir / "plots" / "curves")
     csv_path = reports_dir / "results.csv"
     write_text(csv_path, table.to_csv(index=False, float_format="%.4f"))
@@ -147,7 +147,7 @@ def build_report(reports_dir: Path = config.REPORTS_DIR) -> tuple[Path, Path, Pa
     ]
     deck_section = slide_deck_section.markdown(table, runs_dir, reports_dir)
     sections += [deck_section] if deck_section else []
-    assignment_section = pretrained_backbones_section.markdown(table, metrics_dir)
+    assignment_section = pretrained_backbones_section.markdown(table, runs_dir)
     sections += [assignment_section] if assignment_section else []
     transfer_section = when_transfer_pays_section.markdown(reports_dir)
     sections += [transfer_section] if transfer_section else []

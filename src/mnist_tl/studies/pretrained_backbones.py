@@ -43,7 +43,6 @@ from mnist_tl import backbones, dataset, evaluate
 from mnist_tl import config as paths
 from mnist_tl import efficientnet as effnet
 from mnist_tl.io import write_json
-from mnist_tl.modeling.cnn import FEATURE_DIM as CNN_FEATURES
 from mnist_tl.modeling.cnn import digit_cnn
 from mnist_tl.modeling.train import (
     History,
@@ -575,7 +574,8 @@ def finetune_run(base: Base, splits: dataset.TaskData, config: StudyConfig, *,
     n = len(splits.y_train)
     return Run(f"imagenet_finetuned_{config.finetune_size}px_{n}",
                f"{base.title}, fine-tuned from {config.finetune_from} up + FC head, "
-               f"{config.finetune_size} px, {n:,} training images", "fine-tuned", config.seeds, histories,
+               f"{config.finetune_size} px, {n:,} training images", "fine-tuned", config.seeds,
+               histories,
                splits.y_test, torch.stack(predictions), seconds, base=base.name,
                input_size=config.finetune_size, layer=config.finetune_from,
                n_train=len(splits.y_train), details={"lower_blocks": record})
@@ -689,10 +689,22 @@ def metrics_path(reports_dir=None) -> Path:
     return paths.metrics_dir(reports_dir) / "pretrained.json"
 
 
+def details_path(reports_dir=None) -> Path:
+    return paths.reports_dir(reports_dir) / "runs" / "pretrained.json"
+
+
 def write_metrics(rows: list[dict], bases: Sequence[Base], runs: Sequence[Run],
                   config: StudyConfig, reports_dir=None, **extra) -> Path:
-    """``<reports_dir>/metrics/pretrained.json``."""
-    return write_json(metrics_path(reports_dir), {
+    """Two files: ``runs/pretrained.json``, what the report reads (the result rows, the
+    bases, every run's details, settings, software and ``extra``);
+    ``metrics/pretrained.json``, scalars for ``dvc metrics show/diff``: each run's mean
+    test accuracy and training time, and the layer chosen. Returns the first."""
+    write_json(metrics_path(reports_dir), {
+        "test_accuracy": {r.name: round(r.mean, 4) for r in runs},
+        "train_seconds": {r.name: round(r.train_seconds, 1) for r in runs},
+        "chosen_layer": extra.get("chosen_layer", ""),
+    })
+    return write_json(details_path(reports_dir), {
         "results": rows,
         "bases": {b.name: b.summary() for b in bases},
         "runs": {r.name: r.summary() for r in runs},

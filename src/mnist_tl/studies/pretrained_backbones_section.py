@@ -1,5 +1,5 @@
 """The assignment study's part of the report, and its notebook's tables and conclusions,
-written from ``metrics/pretrained.json`` alone (so the report stage never imports the
+written from ``runs/pretrained.json`` alone (so the report stage never imports the
 training code)."""
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def time_frame(metrics: dict) -> pd.DataFrame:
     rows = []
     for run in metrics["runs"].values():
         features = (run.get("details") or {}).get("features") or {}
-        splits = {k: v for k, v in features.items() if isinstance(v, dict)}
+        splits = [features[s] for s in ("train", "val", "test") if s in features]
         extraction = " / ".join(f"{v['seconds']:.1f}{'' if v['computed'] else ' (cached)'}"
-                                for v in splits.values()) or "—"
+                                for v in splits) or "—"
         rate = features.get("images_per_second")
         rows.append({"model": run["title"], "features: train / val / test (s)": extraction,
                      "extraction (images/s)": f"{rate:.0f}" if rate else "—",
@@ -160,7 +160,8 @@ def conclusions(metrics: dict) -> str:
             lines.append(f"- **What ImageNet's weights add, frozen:** the same network with "
                          f"random weights reaches {_interval(random[0])} at "
                          f"{random[0]['input_size']} px, so ImageNet pretraining adds "
-                         f"{gain:+.2f} points{'' if _apart(same[0], random[0]) else ' (the intervals overlap)'}.")
+                         f"{gain:+.2f} points"
+                         f"{'' if _apart(same[0], random[0]) else ' (the intervals overlap)'}.")
     tuned = _find(metrics, method="fine-tuned")
     if tuned:
         t = tuned[0]
@@ -214,10 +215,10 @@ def conclusions(metrics: dict) -> str:
 # ----------------------------------------------------------------------------- report
 
 
-def markdown(table: pd.DataFrame, metrics_dir: Path, figures: str = "figures") -> str:
+def markdown(table: pd.DataFrame, runs_dir: Path, figures: str = "figures") -> str:
     """The report's section: the summary figure, the table against the assignment, the
     bases' own accuracies, time, conclusions, and the best model's and t-SNE figures."""
-    path = Path(metrics_dir) / "pretrained.json"
+    path = Path(runs_dir) / "pretrained.json"
     rows = table[(table.study == STUDY) & (table.metric == "test_accuracy")]
     if rows.empty or not path.exists():
         return ""
@@ -234,7 +235,8 @@ def markdown(table: pd.DataFrame, metrics_dir: Path, figures: str = "figures") -
              "| − assignment |", "|---|---|---|---|---|---|---|"]
     for run in sorted(metrics["runs"].values(), key=_mean, reverse=True):
         a = run["accuracy"]
-        ci = "" if a["ci95_low"] != a["ci95_low"] else f"[{a['ci95_low']:.2f}, {a['ci95_high']:.2f}]"
+        ci = ("" if a["ci95_low"] != a["ci95_low"]
+              else f"[{a['ci95_low']:.2f}, {a['ci95_high']:.2f}]")
         lines.append(f"| {run['title']} | {run['method']} | {_acc(run)} | {ci} "
                      f"| {a['n_seeds']} | {run['n_train']:,} "
                      f"| {a['mean'] - ASSIGNMENT_ACCURACY:+.2f} |")
