@@ -77,6 +77,18 @@ def test_group_data_matches_the_project_split_and_labels_each_group_0_to_4():
     assert set(high.y_test.tolist()) == set(range(5))
 
 
+def test_smoke_subsets_are_stratified_parts_of_the_whole_splits():
+    a = arrays()
+    whole = study.group_data("odd", a, quick())
+    part = study.group_data("odd", a, quick(source_subset=50, eval_subset=10))
+    for split, size in (("train", 50), ("val", 10), ("test", 10)):
+        x, y = part.split(split)
+        assert len(y) == size and np.bincount(y.numpy()).tolist() == [size // 5] * 5
+        assert {bytes(i.numpy()) for i in x} <= {bytes(i.numpy()) for i in whole.split(split)[0]}
+    with pytest.raises(ValueError, match="eval_subset"):
+        quick(eval_subset=-1)
+
+
 # ------------------------------------------------------------------------- schedule
 
 

@@ -92,6 +92,7 @@ class StudyConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     source_subset: int = 0  # > 0: a stratified subset of each group's training images (smoke)
+    eval_subset: int = 0  # > 0: stratified subsets of its validation and test images (smoke)
     imagenet: str = "auto"  # the frozen ImageNet base: auto (if its weights load) | on | off
     imagenet_size: int = 32
     imagenet_layer: str = "blocks.4"
@@ -113,7 +114,7 @@ class StudyConfig:
         dataset.check_val_fraction(self.val_fraction)
         if self.val_fraction == 0:
             raise ValueError("early stopping needs a validation split: val_fraction > 0.")
-        for name in ("min_steps", "source_subset"):
+        for name in ("min_steps", "source_subset", "eval_subset"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -150,21 +151,32 @@ class StudyConfig:
 # ------------------------------------------------------------------------------ data
 
 
+def stratified_part(index: np.ndarray, labels: np.ndarray, size: int, seed: int
+                    ) -> np.ndarray:
+    """A stratified, seeded subset of ``size`` of the images ``index`` names, in their
+    order; all of them if ``size`` is 0 or not smaller."""
+    if not 0 < size < len(index):
+        return index
+    keep, _ = train_test_split(np.arange(len(index)), train_size=size,
+                               stratify=labels[index], random_state=seed)
+    return index[np.sort(keep)]
+
+
 def group_data(group: str, arrays: dataset.Arrays, config: StudyConfig) -> dataset.TaskData:
     """One digit group, labels 0..4 in the order of its digits: the stratified, seeded
     validation split of :func:`mnist_tl.dataset.split_indices` (the same images for the
-    even and odd groups), every test image of its digits."""
+    even and odd groups), every test image of its digits. Smoke runs keep stratified
+    subsets: ``source_subset`` training, ``eval_subset`` validation and test images."""
     digits = GROUPS[group]
     labels = arrays.train_labels.numpy()
     pool = np.flatnonzero(np.isin(labels, digits))
     train, val = train_test_split(pool, test_size=config.val_fraction, stratify=labels[pool],
                                   random_state=config.split_seed)
-    train, val = np.sort(train), np.sort(val)
-    if 0 < config.source_subset < len(train):
-        keep, _ = train_test_split(np.arange(len(train)), train_size=config.source_subset,
-                                   stratify=labels[train], random_state=config.split_seed)
-        train = train[np.sort(keep)]
-    test = np.flatnonzero(np.isin(arrays.test_labels.numpy(), digits))
+    test_labels = arrays.test_labels.numpy()
+    train = stratified_part(np.sort(train), labels, config.source_subset, config.split_seed)
+    val = stratified_part(np.sort(val), labels, config.eval_subset, config.split_seed)
+    test = stratified_part(np.flatnonzero(np.isin(test_labels, digits)), test_labels,
+                           config.eval_subset, config.split_seed)
 
     def take(images, all_labels, idx):
         idx = torch.from_numpy(idx)
@@ -306,7 +318,7 @@ class Runs:
 
 
 def train_each(network: str, models: list[nn.Module], x, y, xv, yv, config: TrainConfig,
-           seeds: Sequence[int], device, progress: bool, desc: str) -> list[int]:
+               seeds: Sequence[int], device, progress: bool, desc: str) -> list[int]:
     """Train each seed's model on its own images ``x[i]``: the MLPs all at once, the
     CNNs one after another."""
     if network == "mlp":
@@ -348,8 +360,8 @@ def train_bases(network: str, data: dataset.TaskData, config: StudyConfig, *,
                         progress=progress, desc=f"{network} base {data.task}")
         epochs = [h.best_epoch for h in histories]
     else:
-        epochs = train_each(network, models, x, data.y_train, xv, data.y_val, train, config.seeds,
-                        config.device, progress, f"{network} base {data.task}")
+        epochs = train_each(network, models, x, data.y_train, xv, data.y_val, train,
+                            config.seeds, config.device, progress, f"{network} base {data.task}")
     test_x = network_inputs(network, data.x_test)
     accuracy = [accuracy_on(m, test_x, data.y_test) for m in models]
     return models, Runs(accuracy, epochs, time.perf_counter() - start)
@@ -390,6 +402,7 @@ def train_point(network: str, method: str, bases: Sequence[nn.Module], target: d
     if method == "frozen":
         fixed = [frozen_part(network, b) for b in bases]
         tops = [trained_part(network, b, s) for b, s in zip(bases, seeds, strict=True)]
+
         def extract(images: torch.Tensor) -> torch.Tensor:
             return torch.stack([frozen_outputs(f, network_inputs(network, x), config.device)
                                 for f, x in zip(fixed, images, strict=True)])
@@ -404,7 +417,7 @@ def train_point(network: str, method: str, bases: Sequence[nn.Module], target: d
         models = ([new_network(network, s) for s in seeds] if method == "scratch" else
                   [finetuned(b, s) for b, s in zip(bases, seeds, strict=True)])
         epochs = train_each(network, models, subsets.x_train, subsets.y_train, subsets.x_val,
-                        subsets.y_val, train, seeds, config.device, progress, desc)
+                            subsets.y_val, train, seeds, config.device, progress, desc)
     accuracy = [accuracy_on(m, test_x, target.y_test) for m in models]
     return Runs(accuracy, epochs, time.perf_counter() - start)
 
