@@ -228,6 +228,33 @@ def test_imagenet_off_skips_the_imagenet_base():
     assert imagenet is None and "off" in reason
 
 
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
+def test_notebook_06_follows_the_same_imagenet_policy(monkeypatch, mode):
+    from mnist_tl.studies import when_transfer_pays as transfer
+
+    missing_package(monkeypatch)
+    config = transfer.StudyConfig(imagenet=mode, device="cpu")
+    if mode == "on":
+        with pytest.raises(backbones.WeightsUnavailable, match=efficientnet.WEIGHTS_PACKAGE):
+            transfer.imagenet_trunk(config)
+        return
+    trunk, reason = transfer.imagenet_trunk(config)
+    assert trunk is None
+    assert (efficientnet.WEIGHTS_PACKAGE in reason if mode == "auto"
+            else reason == "not run: when_transfer_pays.imagenet is off")
+
+
+def test_the_assignments_head_is_seeded_and_has_its_shape():
+    head = backbones.fc_head(40, 5, seed=3)
+    assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert (head[0].in_features, head[0].out_features, head[3].out_features) == (40, 256, 5)
+    assert head[2].p == 0.5
+    assert torch.equal(head[0].weight, backbones.fc_head(40, 5, seed=3)[0].weight)
+    assert not torch.equal(head[0].weight, backbones.fc_head(40, 5, seed=4)[0].weight)
+    linear = backbones.fc_head(40, 5, hidden=None, seed=3)
+    assert len(linear) == 1 and linear[0].out_features == 5
+
+
 # -------------------------------------------------------------------- ImageNet weights
 
 

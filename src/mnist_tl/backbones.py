@@ -22,9 +22,11 @@ import os
 import socket
 import time
 import urllib.error
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import torch
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from mnist_tl.io import atomic_path
 
 FEATURE_DIM = 512
+T = TypeVar("T")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_MODES = ("auto", "on", "off")
@@ -233,24 +236,43 @@ def imagenet_weights(name: str, weights_file: str | os.PathLike | None = None,
     return ImagenetWeights(read_state_dict(cached), f"downloaded {url}")
 
 
-def resolve_imagenet(mode: str, name: str, weights_file: str | os.PathLike | None = None,
-                     download: bool = True) -> tuple[ImagenetWeights | None, str | None]:
-    """``(weights, None)`` when the ImageNet experiments run, else ``(None, reason)``.
+def by_imagenet_mode(mode: str, setting: str, load: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``(load(), None)`` when the ImageNet experiments run, else ``(None, reason)``.
 
-    ``auto``: run if the weights can be had; ``on``: raise :class:`WeightsUnavailable`
-    if not; ``off``: never. A corrupt or wrong file raises :class:`WeightsError` in
-    every mode but ``off``: it is a mistake to fix, not a reason to skip.
+    ``auto``: run if ``load`` can have its weights; ``on``: raise
+    :class:`WeightsUnavailable` if not; ``off``: never (``setting`` names the parameter in
+    the reason). A corrupt or wrong file raises :class:`WeightsError` in every mode but
+    ``off``: it is a mistake to fix, not a reason to skip.
     """
     if mode not in IMAGENET_MODES:
-        raise ValueError(f"pretrained.imagenet must be one of {IMAGENET_MODES}, got {mode!r}.")
+        raise ValueError(f"{setting} must be one of {IMAGENET_MODES}, got {mode!r}.")
     if mode == "off":
-        return None, "not run: pretrained.imagenet is off"
+        return None, f"not run: {setting} is off"
     try:
-        return imagenet_weights(name, weights_file, download), None
+        return load(), None
     except WeightsUnavailable as err:
         if mode == "on":
             raise
         return None, f"not run: {err}"
+
+
+def resolve_imagenet(mode: str, name: str, weights_file: str | os.PathLike | None = None,
+                     download: bool = True) -> tuple[ImagenetWeights | None, str | None]:
+    """torchvision's ImageNet weights for ``name`` under ``mode``
+    (:func:`by_imagenet_mode`)."""
+    return by_imagenet_mode(mode, "pretrained.imagenet",
+                            lambda: imagenet_weights(name, weights_file, download))
+
+
+def fc_head(in_features: int, num_classes: int, *, hidden: int | None = 256,
+            dropout: float = 0.5, seed: int) -> nn.Sequential:
+    """The assignment's top on a frozen base: ``in -> hidden -> classes`` (ReLU, dropout),
+    or one linear layer (``hidden=None``); initialised from ``seed``."""
+    torch.manual_seed(seed)
+    if hidden is None:
+        return nn.Sequential(nn.Linear(in_features, num_classes))
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
 
 
 # ---------------------------------------------------------------------- feature cache

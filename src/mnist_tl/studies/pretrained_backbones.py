@@ -247,14 +247,10 @@ def efficientnet_bases(config: StudyConfig) -> tuple[Base | None, Base, str | No
     digest is not the pinned one is refused in every mode."""
     seed = config.seeds[0]
     random = _base("random", effnet.network(seed=seed), f"random initialisation, seed {seed}")
-    if config.imagenet == "off":
-        return None, random, "not run: pretrained.imagenet is off"
-    try:
-        network = effnet.imagenet_network()
-    except backbones.WeightsUnavailable as error:
-        if config.imagenet == "on":
-            raise
-        return None, random, f"not run: {error}"
+    network, reason = backbones.by_imagenet_mode(config.imagenet, "pretrained.imagenet",
+                                                 effnet.imagenet_network)
+    if network is None:
+        return None, random, reason
     return (_base("imagenet", network, f"{effnet.WEIGHTS_FILE} from {effnet.WEIGHTS_PACKAGE} "
                   f"(SHA-256 {effnet.WEIGHTS_SHA256[:12]}…, verified)"), random, None)
 
@@ -355,13 +351,9 @@ def base_features(base: Base, input_size: int, splits: dataset.TaskData, config:
 
 def head(kind: str, in_features: int, num_classes: int, config: StudyConfig,
          seed: int) -> nn.Sequential:
-    """The assignment's top: ``in -> hidden -> classes`` (ReLU, dropout), or linear."""
-    torch.manual_seed(seed)
-    if kind == "linear":
-        return nn.Sequential(nn.Linear(in_features, num_classes))
-    return nn.Sequential(nn.Linear(in_features, config.head_hidden), nn.ReLU(),
-                         nn.Dropout(config.head_dropout),
-                         nn.Linear(config.head_hidden, num_classes))
+    """The assignment's top (:func:`mnist_tl.backbones.fc_head`), or linear."""
+    return backbones.fc_head(in_features, num_classes, seed=seed, dropout=config.head_dropout,
+                             hidden=None if kind == "linear" else config.head_hidden)
 
 
 @dataclass

@@ -428,14 +428,11 @@ def train_point(network: str, method: str, bases: Sequence[nn.Module], target: d
 def imagenet_trunk(config: StudyConfig) -> tuple[nn.Module | None, str | None]:
     """The frozen ImageNet base (pinned weights, verified) up to ``imagenet_layer``, or
     why it is absent: ``imagenet`` auto records the reason, on raises it, off skips."""
-    if config.imagenet == "off":
-        return None, "not run: when_transfer_pays.imagenet is off"
-    try:
-        network = backbones.freeze(effnet.imagenet_network())
-    except backbones.WeightsUnavailable as error:
-        if config.imagenet == "on":
-            raise
-        return None, f"not run: {error}"
+    network, reason = backbones.by_imagenet_mode(config.imagenet, "when_transfer_pays.imagenet",
+                                                 effnet.imagenet_network)
+    if network is None:
+        return None, reason
+    network = backbones.freeze(network)
     return effnet.Trunk(network, config.imagenet_size, [config.imagenet_layer]).eval(), None
 
 
@@ -449,19 +446,13 @@ def imagenet_features(trunk: nn.Module, target: dataset.TaskData, config: StudyC
             for split in dataset.SPLITS}
 
 
-def imagenet_head(in_features: int, seed: int) -> nn.Sequential:
-    """Notebook 05's head (``mnist_tl.studies.pretrained_backbones.head``) for 5 classes."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(in_features, 256), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Linear(256, 5))
-
-
 def train_imagenet_point(features: dict[str, torch.Tensor], target: dataset.TaskData,
                          subsets: Subsets, config: StudyConfig) -> Runs:
     """A head per seed on the frozen ImageNet base's features of that seed's subset."""
     start = time.perf_counter()
     seeds = config.seeds
-    heads = [imagenet_head(features["train"].shape[1], s) for s in seeds]
+    heads = [backbones.fc_head(features["train"].shape[1], 5, seed=s)  # notebook 05's head
+             for s in seeds]
     histories = fit(heads, features["train"][subsets.train_index], subsets.y_train,
                     config.train_config(subsets.n_images), seeds,
                     x_eval=features["val"][subsets.val_index], y_eval=subsets.y_val,
