@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import idx_bytes
+from conftest import idx_bytes, make_arrays
 from mnist_tl import backbones, dataset, efficientnet, fashion_mnist
 from mnist_tl.studies import pretrained_backbones as study
 
@@ -380,6 +380,21 @@ def test_fashion_mnist_uses_its_own_mirror_variable():
 def test_bad_settings_fail_before_any_computation(bad):
     with pytest.raises(ValueError):
         study.StudyConfig.from_params(2, **bad)
+
+
+def test_smoke_evaluation_keeps_stratified_parts_of_validation_and_test():
+    train_x, train_y, test_x, test_y = make_arrays(60, 12)
+    arrays = dataset.Arrays(torch.from_numpy(train_x), torch.from_numpy(train_y).long(),
+                            torch.from_numpy(test_x), torch.from_numpy(test_y).long())
+    whole = study.image_splits(tiny_config(), arrays)
+    part = study.image_splits(tiny_config(eval_subset=50), arrays, subset=100)
+    assert len(part.y_train) == 100
+    for split in ("val", "test"):
+        x, y = part.split(split)
+        assert np.bincount(y.numpy()).tolist() == [5] * 10
+        assert {bytes(i.numpy()) for i in x} <= {bytes(i.numpy()) for i in whole.split(split)[0]}
+    with pytest.raises(ValueError, match="eval_subset"):
+        tiny_config(eval_subset=-1)
 
 
 def test_settings_as_dvc_passes_them():

@@ -32,7 +32,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ from mnist_tl.modeling.train import (
     save_checkpoint,
 )
 from mnist_tl.provenance import environment
+from mnist_tl.sampling import stratified_part
 
 STUDY = "assignment"
 ASSIGNMENT_ACCURACY = 98.9  # the assignment's claimed test accuracy, 10-class MNIST
@@ -101,6 +102,7 @@ class StudyConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     train_subset: int = 0  # > 0: a stratified subset of MNIST's training images (smoke)
+    eval_subset: int = 0  # > 0: stratified subsets of the validation and test images (smoke)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -120,7 +122,8 @@ class StudyConfig:
                              f"got {self.imagenet!r}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}.")
-        for name in ("train_subset", "pretrain_subset", "scratch_subset", "finetune_subset"):
+        for name in ("train_subset", "pretrain_subset", "scratch_subset", "finetune_subset",
+                     "eval_subset"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0: all), got {value!r}.")
@@ -183,9 +186,21 @@ def parse_sizes(value: int | str | Sequence[int]) -> tuple[int, ...]:
 
 def image_splits(config: StudyConfig, arrays: dataset.Arrays, *, subset: int = 0
                  ) -> dataset.TaskData:
-    """10 classes: train (optionally a stratified subset) / validation / test."""
-    return dataset.load_task("full", val_fraction=config.val_fraction, seed=config.split_seed,
-                             label_mode="index", arrays=arrays, train_subset=subset)
+    """10 classes: train (optionally a stratified subset) / validation / test; smoke runs
+    keep stratified subsets of ``eval_subset`` validation and test images."""
+    splits = dataset.load_task("full", val_fraction=config.val_fraction, seed=config.split_seed,
+                               label_mode="index", arrays=arrays, train_subset=subset)
+    if not config.eval_subset:
+        return splits
+
+    def part(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = torch.from_numpy(stratified_part(np.arange(len(y)), y.numpy(),
+                                                config.eval_subset, config.split_seed))
+        return x[keep], y[keep]
+
+    x_val, y_val = part(splits.x_val, splits.y_val)
+    x_test, y_test = part(splits.x_test, splits.y_test)
+    return replace(splits, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test)
 
 
 def _digest(key: dict) -> str:
@@ -293,7 +308,8 @@ def fashion_base(config: StudyConfig, fashion: dataset.TaskData, models_dir: Pat
     its classifier kept only to report its own test accuracy; frozen."""
     seed = config.seeds[0]
     what = {"name": "fashion-cnn", "seed": seed, "config": asdict(config.fashion_config()),
-            "images": backbones.tensor_fingerprint(fashion.x_train)}
+            "images": backbones.tensor_fingerprint(fashion.x_train),
+            "val_images": backbones.tensor_fingerprint(fashion.x_val)}
 
     def train(network: nn.Module) -> dict:
         start = time.perf_counter()
@@ -545,7 +561,8 @@ def finetune_run(base: Base, splits: dataset.TaskData, config: StudyConfig, *,
                 "base": base.weights_id, "size": config.finetune_size,
                 "config": asdict(config.finetune_config()), "head": [config.head_hidden,
                                                                     config.head_dropout],
-                "images": backbones.tensor_fingerprint(splits.x_train)}
+                "images": backbones.tensor_fingerprint(splits.x_train),
+                "val_images": backbones.tensor_fingerprint(splits.x_val)}
 
         def build(seed=seed):
             top = head("fc", effnet.LAYERS["conv_head"], 10, config, seed)
@@ -566,11 +583,10 @@ def finetune_run(base: Base, splits: dataset.TaskData, config: StudyConfig, *,
     n = len(splits.y_train)
     return Run(f"imagenet_finetuned_{config.finetune_size}px_{n}",
                f"{base.title}, fine-tuned from {config.finetune_from} up + FC head, "
-               f"{config.finetune_size} px, {n:,} training images", "fine-tuned", config.seeds,
-               histories,
-               splits.y_test, torch.stack(predictions), seconds, base=base.name,
-               input_size=config.finetune_size, layer=config.finetune_from,
-               n_train=len(splits.y_train), details={"lower_blocks": record})
+               f"{config.finetune_size} px, {n:,} training images", "fine-tuned",
+               config.seeds, histories, splits.y_test, torch.stack(predictions), seconds,
+               base=base.name, input_size=config.finetune_size, layer=config.finetune_from,
+               n_train=n, details={"lower_blocks": record})
 
 
 def _history(record: dict) -> History:
@@ -606,7 +622,8 @@ def scratch_run(splits: dataset.TaskData, config: StudyConfig, *,
         what = {"name": "scratch", "seed": seed, "size": config.scratch_size,
                 "config": asdict(config.scratch_config()), "head": [config.head_hidden,
                                                                    config.head_dropout],
-                "images": backbones.tensor_fingerprint(splits.x_train)}
+                "images": backbones.tensor_fingerprint(splits.x_train),
+                "val_images": backbones.tensor_fingerprint(splits.x_val)}
 
         def build(seed=seed):
             return EndToEnd(config.scratch_size, head("fc", effnet.LAYERS["conv_head"], 10,

@@ -57,6 +57,7 @@ from mnist_tl.modeling.models import build_model
 from mnist_tl.modeling.small_cnn import small_cnn
 from mnist_tl.modeling.train import TrainConfig, fit, fit_network, resolve_device
 from mnist_tl.provenance import environment
+from mnist_tl.sampling import stratified_part
 from mnist_tl.studies.when_transfer_pays_section import (
     DETAILS_FILE,
     IMAGENET_TITLE,
@@ -149,17 +150,6 @@ class StudyConfig:
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def stratified_part(index: np.ndarray, labels: np.ndarray, size: int, seed: int
-                    ) -> np.ndarray:
-    """A stratified, seeded subset of ``size`` of the images ``index`` names, in their
-    order; all of them if ``size`` is 0 or not smaller."""
-    if not 0 < size < len(index):
-        return index
-    keep, _ = train_test_split(np.arange(len(index)), train_size=size,
-                               stratify=labels[index], random_state=seed)
-    return index[np.sort(keep)]
 
 
 def group_data(group: str, arrays: dataset.Arrays, config: StudyConfig) -> dataset.TaskData:
