@@ -50,7 +50,8 @@ reproduce: setup  ## run the whole pipeline: dvc repro (reports/ is regenerated)
 	$(RUN) dvc repro
 
 test: setup  ## run every test: unit, integration and nbval on the notebooks' smoke defaults
-	$(RUN) pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15
+	OMP_NUM_THREADS=1 $(RUN) pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
+		--numprocesses=auto --dist=loadfile --durations=15
 
 lab: setup  ## open the notebooks in JupyterLab with the project's environment
 	$(RUN) jupyter lab notebooks/
