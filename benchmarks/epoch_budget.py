@@ -67,7 +67,7 @@ def main() -> None:
         subsets = study.seed_subsets(data[target], 0, config.seeds)
         runs = study.train_point("cnn", "frozen", bases, data[target], subsets, config)
         rows += [{"split": split, "what": f"frozen on {target}", "seed": s, "best_epoch": e,
-                  "s_per_epoch": None, "seconds": runs.seconds}
+                  "seconds_all_seeds": runs.seconds}
                  for s, e in zip(config.seeds, runs.epochs, strict=True)]
     for row in rows:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
