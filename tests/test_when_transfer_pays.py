@@ -92,18 +92,21 @@ def test_smoke_subsets_are_stratified_parts_of_the_whole_splits():
 # ------------------------------------------------------------------------- schedule
 
 
-def test_small_sets_get_at_least_min_steps_and_a_patience_in_proportion():
-    config = quick(epochs=10, patience=2, min_steps=200, batch_size=64)
+def test_small_sets_get_at_least_min_steps_and_min_patience_steps():
+    config = quick(epochs=10, patience=2, min_steps=200, min_patience_steps=40, batch_size=64)
     full = config.train_config(27_000)
     assert (full.epochs, full.patience, full.batch_size) == (10, 2, 64)
     tiny = config.train_config(5)  # one step per epoch
     assert (tiny.epochs, tiny.patience, tiny.batch_size) == (200, 40, 5)
+    eight_steps = config.train_config(500)  # 8 steps per epoch
+    assert (eight_steps.epochs, eight_steps.patience) == (25, 5)
     assert config.train_config(5, finetune=True).lr == config.finetune_lr
 
 
 @pytest.mark.parametrize("bad", [dict(labels_per_class=(-1,)), dict(networks=("vgg",)),
                                  dict(networks=("imagenet",)), dict(splits=("up-to-down",)),
                                  dict(seeds=(0,)), dict(val_fraction=0.0), dict(min_steps=-1),
+                                 dict(min_patience_steps=-1),
                                  dict(imagenet="yes"), dict(imagenet_layer="blocks.9"),
                                  dict(imagenet_size=8)])
 def test_bad_settings_are_refused_before_any_training(bad):

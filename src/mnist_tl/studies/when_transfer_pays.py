@@ -22,10 +22,12 @@ contain its 5 per class), and three methods train on the same subset:
 Model selection never sees the test set: a run stops early on the loss of a validation
 set drawn from the target's validation split, as large as its training set (``n`` more
 labels per class; the whole split where it has fewer). A small set takes an epoch in a
-step or two, so every run gets at least ``min_steps`` steps, and a patience in the same
-proportion. Seed ``s``'s base is the network trained with seed ``s`` on all of the
-source's labels, which is also seed ``s``'s "scratch" run at "all" on that task: the
-four digit groups' full runs are trained once and serve as both.
+step or two, so every run gets at least ``min_steps`` steps, and its early stopping
+waits at least ``min_patience_steps`` steps. The maximum ``epochs`` is large enough that
+early stopping, not the maximum, ends the runs (``benchmarks/epoch_budget.py``).
+Seed ``s``'s base is the network trained with seed ``s`` on all of the source's labels,
+which is also seed ``s``'s "scratch" run at "all" on that task: the four digit groups'
+full runs are trained once and serve as both.
 
 The MLP (the slide deck's 784-500) trains all seeds at once (:func:`~mnist_tl.modeling.
 train.fit`); the CNN per seed with autograd, except frozen, whose convolutions run once
@@ -87,9 +89,10 @@ class StudyConfig:
     lr: float = 1e-3  # Adam: bases, scratch, the frozen base's trained layers
     finetune_lr: float = 1e-3  # Adam: the fine-tuned base (as scratch: only the start differs)
     batch_size: int = 128
-    epochs: int = 6  # maximum epochs at "all"; smaller sets get at least min_steps steps
-    patience: int = 2  # epochs at "all"; in proportion for smaller sets
+    epochs: int = 30  # maximum epochs; smaller sets get at least min_steps steps
+    patience: int = 2  # epochs; smaller sets wait at least min_patience_steps steps
     min_steps: int = 100
+    min_patience_steps: int = 34
     val_fraction: float = 0.1
     split_seed: int = 0
     source_subset: int = 0  # > 0: a stratified subset of each group's training images (smoke)
@@ -115,7 +118,7 @@ class StudyConfig:
         dataset.check_val_fraction(self.val_fraction)
         if self.val_fraction == 0:
             raise ValueError("early stopping needs a validation split: val_fraction > 0.")
-        for name in ("min_steps", "source_subset", "eval_subset"):
+        for name in ("min_steps", "min_patience_steps", "source_subset", "eval_subset"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -139,11 +142,12 @@ class StudyConfig:
 
     def train_config(self, n_images: int, *, finetune: bool = False) -> TrainConfig:
         """Adam with early stopping; at least ``min_steps`` steps however small the set,
-        the patience scaled with the epochs."""
+        and a patience of at least ``min_patience_steps`` steps: a set of one step per
+        epoch would otherwise stop on the noise of two steps."""
         batch = max(1, min(self.batch_size, n_images))
         steps_per_epoch = math.ceil(n_images / batch)
         epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
-        patience = max(self.patience, math.ceil(self.patience * epochs / self.epochs))
+        patience = max(self.patience, math.ceil(self.min_patience_steps / steps_per_epoch))
         return TrainConfig(optimizer="adam", lr=self.finetune_lr if finetune else self.lr,
                            batch_size=batch, epochs=epochs, early_stopping=True,
                            patience=patience)

@@ -265,8 +265,10 @@ def markdown(reports_dir: Path, figures: str = "figures") -> str | None:
         "stratified subset (nested in n) and its own base; test accuracy on every test "
         "image of the target's digits. Early stopping watches a validation set as large as "
         "the training set (n more labels per class from the target's validation split; the "
-        "whole split where it has fewer, about 600 per class), with at least "
-        f"{config['min_steps']} steps per run: the test set selects nothing. Adam, learning rate "
+        "whole split where it has fewer, about 600 per class): at most "
+        f"{config['epochs']} epochs, patience {config['patience']} epochs, and for small sets "
+        f"at least {config['min_steps']} steps per run and a patience of at least "
+        f"{config['min_patience_steps']} steps. The test set selects nothing. Adam, learning rate "
         f"{config['lr']} ({config['finetune_lr']} to fine-tune). "
         f"{imagenet_sentence(metrics)}\n",
     ]
