@@ -124,12 +124,11 @@ def crossover_frame(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def capped_runs(metrics: dict) -> tuple[int, int]:
-    """Runs at all labels whose best validation loss came in their last allowed epoch
-    (they had not stopped improving), and all runs at all labels."""
-    at_all = [r for r in metrics["per_seed"] if r["labels_per_class"] == 0]
-    capped = [r for r in at_all if r["best_epoch"] == metrics["config"]["epochs"]]
-    return len(capped), len(at_all)
+def capped_runs(metrics: dict) -> tuple[int, list[int]]:
+    """At all labels: how many runs had their best validation loss in their last allowed
+    epoch (they had not stopped improving), and every run's best epoch."""
+    at_all = [r["best_epoch"] for r in metrics["per_seed"] if r["labels_per_class"] == 0]
+    return sum(e == metrics["config"]["epochs"] for e in at_all), sorted(at_all)
 
 
 def _point(metrics: dict, network: str, split: str, method: str, n: int = 0) -> dict | None:
@@ -222,13 +221,19 @@ def conclusions(metrics: dict) -> str:
         met = (cnn[f"goal {CNN_GOAL} % (frozen)"] == "met").sum()
         lines.append(f"- **The CNN at all labels, frozen convolutions**: the {CNN_GOAL} % goal is "
                      f"met on {met} of {len(cnn)} splits (table above).")
-    capped, total = capped_runs(metrics)
-    if total:
-        lines.append(f"- **All labels is a short budget here**: {capped} of {total} runs at all "
-                     f"labels had their lowest validation loss in their last allowed epoch "
-                     f"({metrics['config']['epochs']}), i.e. were still improving. A base is a "
-                     "head start under such a budget; notebook 04, which trains up to 100 "
-                     "epochs, found the network trained on the target better than transfer.")
+    capped, best_epochs = capped_runs(metrics)
+    maximum = metrics["config"]["epochs"]
+    if best_epochs and not capped:
+        lines.append(f"- **Early stopping, not the maximum, ended the runs at all labels**: none "
+                     f"of the {len(best_epochs)} had its lowest validation loss in its last "
+                     f"allowed epoch ({maximum}); their best epochs ran from {best_epochs[0]} to "
+                     f"{best_epochs[-1]} (median {best_epochs[len(best_epochs) // 2]}).")
+    elif best_epochs:
+        lines.append(f"- **All labels is a short budget here**: {capped} of {len(best_epochs)} "
+                     f"runs at all labels had their lowest validation loss in their last allowed "
+                     f"epoch ({maximum}), i.e. were still improving. A base is a head start "
+                     "under such a budget; notebook 04, which trains up to 100 epochs, found "
+                     "the network trained on the target better than transfer.")
     lines.append(f"- Significance: paired t-tests over {seeds} seeds that share their subsets, "
                  "p < 0.05, at each n separately (no correction for the number of n).")
     return "\n".join(lines) + "\n"
