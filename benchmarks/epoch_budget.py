@@ -7,8 +7,8 @@ whether a larger maximum, left to early stopping, is worth its time on 2 CPU cor
 For each split: the source's CNN bases (all of its training labels, Adam, batch 128,
 ``--patience`` epochs, notebook 06's settings otherwise) trained with up to
 ``--max-epochs`` epochs; per seed the epoch of lowest validation loss, the epochs run,
-the validation loss and accuracy after ``--budget`` epochs (params.yaml's maximum) and at
-the best epoch, and the seconds per epoch. Then the frozen method on the target (the
+the validation loss and accuracy after ``--budget`` epochs (the maximum before #16: 6) and
+at the best epoch, and the seconds per epoch. Then the frozen method on the target (the
 bases' convolutions frozen, dense layers and a new head trained on all target labels)
 under the same maximum: its best epochs and seconds. Prints a table and writes
 build/epoch_budget.json.
@@ -31,9 +31,10 @@ from mnist_tl.studies import when_transfer_pays as study
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-epochs", type=int, default=30)
-    parser.add_argument("--patience", type=int, default=2)
-    parser.add_argument("--budget", type=int, default=6, help="the maximum compared against")
+    parser.add_argument("--max-epochs", type=int, default=study.StudyConfig.epochs)
+    parser.add_argument("--patience", type=int, default=study.StudyConfig.patience)
+    parser.add_argument("--budget", type=int, default=6,
+                        help="the maximum compared against (notebook 06's before #16)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--splits", default="even-to-odd,odd-to-even,low-to-high")
     args = parser.parse_args()
