@@ -243,11 +243,13 @@ def test_paired_tests_and_crossover_on_known_numbers():
     ((4, 9, 7), "Early stopping, not the maximum, ended the runs at all labels**: none of the "
                 "3 had its lowest validation loss in its last allowed epoch (10); their best "
                 "epochs ran from 4 to 9 (median 7)."),
-    ((10, 9, 10), "2 of 3 runs at all labels had their lowest validation loss in their last "
-                  "allowed epoch (10)")])
+    ((10, 9, 7), "1 of 3 had their lowest validation loss in their last allowed epoch (10), "
+                 "i.e. were still improving: MLP 784-500 transfer, frozen features (1)."),
+    ((10, 9, 10), "All labels is a short budget here**: 2 of 3 runs at all labels")])
 def test_conclusions_say_whether_the_maximum_epochs_cut_the_runs_at_all_labels(best_epochs,
                                                                                expected):
-    per_seed = [{"labels_per_class": 0, "best_epoch": e} for e in best_epochs]
+    per_seed = [{"labels_per_class": 0, "best_epoch": e, "network": "mlp", "method": "frozen"}
+                for e in best_epochs]
     per_seed.append({"labels_per_class": 5, "best_epoch": 10})  # small sets are not counted
     text = section.conclusions({"crossovers": [], "points": [], "per_seed": per_seed,
                                 "config": {"seeds": [0, 1], "epochs": 10, "splits": []}})

@@ -5,6 +5,7 @@ never imports the training code)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -124,11 +125,19 @@ def crossover_frame(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def capped_runs(metrics: dict) -> tuple[int, list[int]]:
-    """At all labels: how many runs had their best validation loss in their last allowed
-    epoch (they had not stopped improving), and every run's best epoch."""
-    at_all = [r["best_epoch"] for r in metrics["per_seed"] if r["labels_per_class"] == 0]
-    return sum(e == metrics["config"]["epochs"] for e in at_all), sorted(at_all)
+def capped_runs(metrics: dict) -> tuple[list[dict], list[int]]:
+    """At all labels: the runs whose best validation loss came in their last allowed epoch
+    (they had not stopped improving), and every run's best epoch."""
+    at_all = [r for r in metrics["per_seed"] if r["labels_per_class"] == 0]
+    capped = [r for r in at_all if r["best_epoch"] == metrics["config"]["epochs"]]
+    return capped, sorted(r["best_epoch"] for r in at_all)
+
+
+def _which(runs: list[dict]) -> str:
+    """"the MLP's frozen runs (5)", in order of count."""
+    counts = Counter((r["network"], r["method"]) for r in runs)
+    return ", ".join(f"{NETWORK_TITLES.get(net, net)} {METHOD_TITLES[m]} ({c})"
+                     for (net, m), c in counts.most_common())
 
 
 def _point(metrics: dict, network: str, split: str, method: str, n: int = 0) -> dict | None:
@@ -228,12 +237,17 @@ def conclusions(metrics: dict) -> str:
                      f"of the {len(best_epochs)} had its lowest validation loss in its last "
                      f"allowed epoch ({maximum}); their best epochs ran from {best_epochs[0]} to "
                      f"{best_epochs[-1]} (median {best_epochs[len(best_epochs) // 2]}).")
+    elif best_epochs and 2 * len(capped) <= len(best_epochs):
+        lines.append(f"- **Early stopping ended most runs at all labels**: {len(capped)} of "
+                     f"{len(best_epochs)} had their lowest validation loss in their last allowed "
+                     f"epoch ({maximum}), i.e. were still improving: {_which(capped)}. The "
+                     f"median best epoch was {best_epochs[len(best_epochs) // 2]}.")
     elif best_epochs:
-        lines.append(f"- **All labels is a short budget here**: {capped} of {len(best_epochs)} "
-                     f"runs at all labels had their lowest validation loss in their last allowed "
-                     f"epoch ({maximum}), i.e. were still improving. A base is a head start "
-                     "under such a budget; notebook 04, which trains up to 100 epochs, found "
-                     "the network trained on the target better than transfer.")
+        lines.append(f"- **All labels is a short budget here**: {len(capped)} of "
+                     f"{len(best_epochs)} runs at all labels had their lowest validation loss in "
+                     f"their last allowed epoch ({maximum}), i.e. were still improving. A base "
+                     "is a head start under such a budget; notebook 04, which trains up to 100 "
+                     "epochs, found the network trained on the target better than transfer.")
     lines.append(f"- Significance: paired t-tests over {seeds} seeds that share their subsets, "
                  "p < 0.05, at each n separately (no correction for the number of n).")
     return "\n".join(lines) + "\n"
