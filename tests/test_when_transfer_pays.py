@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,6 +124,27 @@ def test_from_params_reads_comma_separated_lists():
 
 
 # ------------------------------------------------------------------ what transfers
+
+
+def test_small_cnn_pools_before_relu_with_the_same_outputs_and_gradients():
+    """The faster order (max pool, then ReLU) against the textbook one, bit for bit."""
+    cnn = small_cnn(5, seed=0)
+    conv1, pool1, relu1, conv2, pool2, relu2 = list(cnn.convolutions)[1:7]
+    assert (type(pool1), type(relu1)) == (torch.nn.MaxPool2d, torch.nn.ReLU)
+    textbook = copy.deepcopy(cnn)
+    textbook.convolutions = torch.nn.Sequential(
+        cnn.convolutions[0], copy.deepcopy(conv1), relu1, pool1, copy.deepcopy(conv2), relu2,
+        pool2, cnn.convolutions[7]).to(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=torch.Generator()
+                           .manual_seed(0))
+    labels = torch.arange(64) % 5
+    for net in (cnn, textbook):
+        torch.manual_seed(1)  # the same dropout masks
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+    for ours, theirs in zip(cnn.parameters(), textbook.parameters(), strict=True):
+        assert torch.equal(ours.grad, theirs.grad)
+    cnn.eval(), textbook.eval()
+    assert torch.equal(cnn(images), textbook(images))
 
 
 def test_frozen_cnn_trains_only_above_its_convolutions():
