@@ -1,0 +1,136 @@
+"""Where notebooks 06 and 07 spend their time: the small CNN's whole-network runs, at the
+rate they achieved against benchmarks/bench_cnn.py's training rate and the FLOP floor.
+
+    uv run python benchmarks/bench_cnn.py      # the rate and the floor, on this machine, now
+    uv run python benchmarks/study_profile.py  # after dvc repro of the two stages
+
+Reads every run of the last ``dvc repro`` (``reports/runs/when_transfer_pays.json`` and
+``which_layers_transfer.json``): its best epoch gives the epochs it ran (early stopping
+stops ``patience`` epochs after the best, at most the maximum; both from the study's
+schedule), the data its image counts. The CNN's whole-network runs are the bases, from
+scratch and fine-tuned, and notebook 07's frozen first convolution (trained through);
+frozen parts that end below linear layers train heads on cached features instead, all
+seeds at once, and are the "rest". Counted per run: images trained on, and images
+validated after each epoch (a forward pass: a third of a training step's work).
+
+Prints, per stage: its wall time, the CNN runs' share of it, and their images per second
+against the training rate and the floor of ``build/bench_cnn.json``; writes
+``build/study_profile.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from mnist_tl import config, dataset
+from mnist_tl.io import read_json, write_json
+from mnist_tl.studies import when_transfer_pays as transfer
+from mnist_tl.studies import which_layers_transfer as layers
+
+NETWORK = "small 16/32"  # bench_cnn.py's name for notebook 06's CNN
+VALIDATION_COST = 1 / 3  # a forward pass against forward + backward
+
+
+def study_config(cls, recorded: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v
+                  for k, v in recorded.items() if k in names})
+
+
+def epochs_run(schedule: transfer.StudyConfig, n_images: int, best_epoch: int) -> int:
+    train = schedule.train_config(n_images)
+    return min(best_epoch + train.patience, train.epochs)
+
+
+def validation_images(target: dataset.TaskData, per_class: int) -> int:
+    """How many validation images a run at ``per_class`` labels per class stops on."""
+    if per_class == 0 or per_class > transfer.smallest_class(target.y_val):
+        return len(target.y_val)
+    return per_class * len(target.classes)
+
+
+def whole_network_runs(runs: dict, data: dict, schedule, study: str) -> Iterator[dict]:
+    """``{seconds, trained, validated, all_labels}`` of each CNN base and whole-network
+    point (all its seeds)."""
+    for base in runs["bases"]:
+        if base["network"] != "cnn":
+            continue
+        group = data[base["group"]]
+        epochs = [epochs_run(schedule, len(group.y_train), e) for e in base["best_epoch"]]
+        yield {"seconds": base["seconds"], "trained": sum(epochs) * len(group.y_train),
+               "validated": sum(epochs) * len(group.y_val), "all_labels": True}
+    points: dict[tuple, list[dict]] = {}
+    for r in runs["per_seed"]:
+        if r["network"] != "cnn":
+            continue
+        if study == "when_transfer_pays":
+            whole = r["method"] in ("scratch", "finetune")
+            key = (r["split"], r["method"], r["labels_per_class"])
+        else:
+            whole = r["mode"] in ("scratch", "finetune") or r["layers_copied"] == 1
+            key = (r["split"], r["base"], r["mode"], r["layers_copied"], r["labels_per_class"])
+        at_all_from_scratch = r["labels_per_class"] == 0 and key[1] in ("scratch", "none")
+        if whole and not at_all_from_scratch:  # scratch at all labels is the target's base
+            points.setdefault(key, []).append(r)
+    for key, seeds in points.items():
+        target = data[transfer.SPLITS[key[0]][1]]
+        epochs = sum(epochs_run(schedule, r["train_images"], r["best_epoch"]) for r in seeds)
+        yield {"seconds": seeds[0]["seconds"], "trained": epochs * seeds[0]["train_images"],
+               "validated": epochs * validation_images(target, seeds[0]["labels_per_class"]),
+               "all_labels": seeds[0]["labels_per_class"] == 0}
+
+
+def profile(study: str, cls, bench: dict, arrays: dataset.Arrays, runs_dir) -> dict:
+    runs = read_json(Path(runs_dir) / f"{study}.json")
+    schedule = study_config(cls, runs["config"])
+    data = {g: transfer.group_data(g, arrays, schedule) for g in transfer.groups_needed(schedule)}
+    cnn = list(whole_network_runs(runs, data, schedule, study))
+    seconds = sum(r["seconds"] for r in cnn)
+    work = sum(r["trained"] + VALIDATION_COST * r["validated"] for r in cnn)
+    rate, floor = bench["train_images_per_second"], bench["floor_images_per_second"]
+    return {"wall_s": runs["wall_seconds"], "cnn_whole_network_s": round(seconds, 1),
+            "cnn_share": round(seconds / runs["wall_seconds"], 2),
+            "cnn_s_at_all_labels": round(sum(r["seconds"] for r in cnn if r["all_labels"]), 1),
+            "cnn_images_trained": sum(r["trained"] for r in cnn),
+            "cnn_images_validated": sum(r["validated"] for r in cnn),
+            "cnn_images_per_s": round(work / seconds),
+            "cnn_s_at_bench_rate": round(work / rate, 1), "cnn_s_at_floor": round(work / floor, 1),
+            "vs_bench_rate": round(rate * seconds / work, 2),
+            "vs_floor": round(floor * seconds / work, 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", default=config.PROJECT_ROOT / "build" / "bench_cnn.json")
+    parser.add_argument("--runs", default=config.REPORTS_DIR / "runs",
+                        help="the directory of the runs files (default: the last dvc repro's)")
+    parser.add_argument("--out", default=config.PROJECT_ROOT / "build" / "study_profile.json")
+    args = parser.parse_args(argv)
+    try:
+        bench = read_json(args.bench)["networks"][NETWORK]
+    except FileNotFoundError:
+        sys.exit(f"{args.bench} not found: run `uv run python benchmarks/bench_cnn.py` first.")
+    arrays = dataset.load_arrays()
+    results = {"bench": {"file": str(args.bench), **bench}, "stages": {}}
+    for study, cls in (("when_transfer_pays", transfer.StudyConfig),
+                       ("which_layers_transfer", layers.LayerConfig)):
+        p = results["stages"][study] = profile(study, cls, bench, arrays, args.runs)
+        print(f"{study}: {p['wall_s']:.0f} s, of which the CNN's whole-network runs "
+              f"{p['cnn_whole_network_s']:.0f} s ({p['cnn_share']:.0%}; at all labels, bases "
+              f"included: {p['cnn_s_at_all_labels']:.0f} s): "
+              f"{p['cnn_images_trained'] / 1e6:.1f} M images trained, "
+              f"{p['cnn_images_validated'] / 1e6:.1f} M validated; "
+              f"{p['cnn_images_per_s']} images/s, {p['vs_bench_rate']:.2f}x the time at the "
+              f"benchmark's {bench['train_images_per_second']} images/s "
+              f"({p['cnn_s_at_bench_rate']:.0f} s), {p['vs_floor']:.1f}x the floor "
+              f"({p['cnn_s_at_floor']:.0f} s)")
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
