@@ -56,10 +56,11 @@ test: setup  ## run every test: unit, integration and nbval on the notebooks' sm
 lab: setup  ## open the notebooks in JupyterLab with the project's environment
 	$(RUN) jupyter lab notebooks/
 
-bench: setup  ## speed against the compute floor: training (vs the tutorial loop, scikit-learn), frozen-base features, CNN training, where notebooks 06 and 07 spend it
+bench: setup  ## speed against the compute floor: training (vs the tutorial loop, scikit-learn), frozen-base features, CNN training, heads on cached features, where notebooks 06 and 07 spend it
 	$(RUN) python benchmarks/bench_training.py
 	$(RUN) python benchmarks/bench_features.py
 	$(RUN) python benchmarks/bench_cnn.py
+	$(RUN) python benchmarks/bench_heads.py
 	$(RUN) python benchmarks/study_profile.py
 
 fashion-mnist-mirror:  ## offline Debian/Ubuntu: install Fashion-MNIST from the package dataset-fashion-mnist
