@@ -229,7 +229,8 @@ def unmeasured_targets_markdown(benchmark: dict | None) -> list[str]:
         "reruns only what uses it: checked by `make test` "
         "(`test_stage_depends_on_exactly_the_code_it_imports`).",
         "- Heads on cached frozen features train all seeds at once (notebooks 05–07); their "
-        "floor ratio is **not measured**.",
+        "floor ratio is **not measured** by the pipeline: `benchmarks/bench_heads.py` (in "
+        "`make bench`) measures it.",
         "- The pipeline on a GPU (goal ≤ 5 min): **not measured**; "
         + ("no GPU on the machine that ran the benchmark." if gpu is None
            else f"the benchmark ran beside {gpu}, but the pipeline was not timed there."),
