@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_training import matmul_gflops  # the script's directory is on sys.path
 
 from mnist_tl import backbones, config
 from mnist_tl.io import write_json
@@ -27,15 +28,6 @@ from mnist_tl.provenance import environment
 
 N_TRAIN, N_VAL, SEEDS, HIDDEN, CLASSES, BATCH = 54_000, 6_000, (0, 1, 2), 256, 10, 128
 WIDTHS = (128, 512, 1280)
-
-
-def matmul_gflops(size: int = 2048) -> float:
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    return 2 * size**3 * 10 / (time.perf_counter() - start) / 1e9
 
 
 def epoch_seconds(width: int) -> float:

@@ -47,10 +47,9 @@ def epochs_run(schedule: transfer.StudyConfig, n_images: int, best_epoch: int) -
 
 
 def validation_images(target: dataset.TaskData, per_class: int) -> int:
-    """How many validation images a run at ``per_class`` labels per class stops on."""
-    if per_class == 0 or per_class > transfer.smallest_class(target.y_val):
-        return len(target.y_val)
-    return per_class * len(target.classes)
+    """How many validation images a run at ``per_class`` labels per class stops on: the
+    study's own draw, for one seed."""
+    return len(transfer.seed_subsets(target, per_class, [0]).y_val)
 
 
 def whole_network_runs(runs: dict, data: dict, schedule, study: str) -> Iterator[dict]:
