@@ -32,6 +32,7 @@ from mnist_tl.io import write_json
 from mnist_tl.modeling.cnn import digit_cnn
 from mnist_tl.modeling.small_cnn import small_cnn
 from mnist_tl.provenance import environment
+from mnist_tl.throughput import matmul_gflops
 
 BATCH = 128
 
@@ -76,15 +77,6 @@ def step_flops(name: str) -> float:
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(net(x), y).backward()
     return counter.get_total_flops() / BATCH
-
-
-def matmul_gflops(size: int = 2048) -> float:
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    return 2 * size**3 * 10 / (time.perf_counter() - start) / 1e9
 
 
 def _one_thread(name: str, queue) -> None:

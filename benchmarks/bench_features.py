@@ -33,6 +33,7 @@ from mnist_tl import efficientnet as effnet
 from mnist_tl.io import write_json
 from mnist_tl.provenance import environment
 from mnist_tl.studies import pretrained_backbones as study
+from mnist_tl.throughput import matmul_gflops
 
 BATCH = 256
 
@@ -45,12 +46,6 @@ def best_seconds(fn, repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def matmul_gflops() -> float:
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
-    wall = best_seconds(lambda: [a @ b for _ in range(10)])
-    return 2 * 2048**3 * 10 / wall / 1e9
 
 
 def flops(fn) -> int:

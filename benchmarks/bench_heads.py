@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from bench_training import matmul_gflops  # the script's directory is on sys.path
 
 from mnist_tl import backbones, config
 from mnist_tl.io import write_json
 from mnist_tl.modeling.train import TrainConfig, fit
 from mnist_tl.provenance import environment
+from mnist_tl.throughput import matmul_gflops
 
 N_TRAIN, N_VAL, SEEDS, HIDDEN, CLASSES, BATCH = 54_000, 6_000, (0, 1, 2), 256, 10, 128
 WIDTHS = (128, 512, 1280)

@@ -39,11 +39,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_tl import config, dataset
-from mnist_tl.studies import slide_deck
 from mnist_tl.io import write_json
 from mnist_tl.modeling.models import build_model
 from mnist_tl.modeling.train import TrainConfig, fit
 from mnist_tl.provenance import environment
+from mnist_tl.studies import slide_deck
+from mnist_tl.throughput import matmul_gflops
 
 BATCH = 64
 
@@ -96,19 +97,16 @@ def tutorial_epoch(model_name: str, raw_dir: Path, max_batches: int) -> float:
         return wall / batches * len(loader)
 
 
-def epoch_flops(model_name: str, n: int) -> int:
+def epoch_flops(model_name: str, n: int, training: bool = True) -> int:
+    """FLOPs of an epoch over ``n`` images: a training step's (forward and backward), or
+    with ``training=False`` the forward pass alone (a pass over a watched set)."""
     model = build_model(model_name)
     x, y = torch.rand(BATCH, 784), torch.randint(0, 10, (BATCH,))
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
+        loss = F.cross_entropy(model(x), y)
+        if training:
+            loss.backward()
     return counter.get_total_flops() * n // BATCH
-
-
-def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048) -> float:
-    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
-    a @ b
-    wall = seconds(lambda: [a @ b for _ in range(10)], repeat=3)
-    return 2 * size**3 * 10 / wall / 1e9
 
 
 def bf16_is_fast(fp32_gflops: float) -> tuple[bool, float]:
@@ -225,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         tutorial = tutorial_epoch(name, config.RAW_DIR, args.tutorial_batches)
         row = {
             "epoch_gflop": round(flops / 1e9, 2),
+            "epoch_forward_gflop": round(epoch_flops(name, len(y), training=False) / 1e9, 2),
             "floor_s_per_epoch": round(floor, 3),
             "ours_5_seeds_s_per_model_epoch": round(ours5, 3),
             "ours_1_seed_s_per_epoch": round(ours1, 3),

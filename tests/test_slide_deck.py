@@ -152,14 +152,21 @@ def test_runs_in_worker_processes_equal_runs_in_turn(tiny_arrays, config):
         assert torch.equal(a.predictions, b.predictions)
 
 
-def test_train_protocols_times_each_protocol(tiny_arrays, config):
-    runs, wall = slide_deck.train_protocols("softmax", replace(config, workers=1),
-                                            full_task=False, arrays=tiny_arrays, progress=False)
+def test_train_protocols_times_each_protocol_and_measures_the_throughput_around_it(
+        tiny_arrays, config, monkeypatch):
+    measurements = iter([100.0, 120.0, 90.0])  # before faithful, between, after corrected
+    monkeypatch.setattr(slide_deck, "matmul_gflops", lambda: next(measurements))
+    runs, timing = slide_deck.train_protocols("softmax", replace(config, workers=1),
+                                              full_task=False, arrays=tiny_arrays,
+                                              progress=False)
     assert [r.name for r in runs] == ["softmax_faithful_even", "softmax_faithful_odd",
                                       "softmax_corrected_even", "softmax_corrected_odd"]
+    wall = timing["wall_seconds"]
     assert set(wall) == {"faithful", "corrected"}
     faithful = sum(r.train_seconds for r in runs if r.protocol == "faithful")
     assert wall["faithful"] >= round(faithful, 1) - 0.1  # in turn: the runs plus set-up
+    assert timing["matmul_gflops"] == {"faithful": {"before": 100.0, "after": 120.0},
+                                       "corrected": {"before": 120.0, "after": 90.0}}
 
 
 def test_worker_plan_splits_the_cores(monkeypatch, config):

@@ -400,3 +400,15 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     torch.save({"evil": object()}, tmp_path / "bad.pt")
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_matmul_throughput_is_the_best_timing_of_every_product(monkeypatch):
+    from mnist_tl import throughput
+
+    # three timings of 2, 1 and 4 seconds: the best (1 s) counts, for 5 products of 64 x 64
+    clock = iter([0.0, 2.0, 10.0, 11.0, 20.0, 24.0])
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    assert throughput.matmul_gflops(size=64, products=5, repeat=3) == \
+        pytest.approx(2 * 64**3 * 5 / 1.0 / 1e9)
+    monkeypatch.undo()
+    assert 0 < throughput.matmul_gflops(size=64, products=1, repeat=1) < float("inf")

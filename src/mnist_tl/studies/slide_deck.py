@@ -40,6 +40,7 @@ from mnist_tl.modeling.train import (
     train_in_worker,
     train_new,
 )
+from mnist_tl.throughput import matmul_gflops
 
 STUDY = "slide-deck"
 OTHER_PARITY = {"even": "odd", "odd": "even"}
@@ -376,15 +377,18 @@ def train_baselines(jobs: Sequence[tuple[str, str, str]], config: StudyConfig, *
 
 def train_protocols(model: str, config: StudyConfig, *, full_task: bool = True,
                     arrays: dataset.Arrays | None = None,
-                    progress: bool = True) -> tuple[list[Run], dict[str, float]]:
+                    progress: bool = True) -> tuple[list[Run], dict[str, dict]]:
     """``model`` on both parities under both protocols (and the 10-class task,
     corrected, with ``full_task``): each protocol's runs at once, faithful first.
 
-    Returns the runs and each protocol's training wall time in seconds (the
-    runs overlap, so the wall time, not the sum of their times, is what the
-    protocol cost).
+    Returns the runs and their timing, for :func:`write_metrics`: each protocol's
+    training wall time in seconds (the runs overlap, so the wall time, not the sum
+    of their times, is what the protocol cost), and the machine's matrix-multiply
+    throughput measured just before and just after it (GFLOP/s), the yardstick of
+    its compute floor: this machine's throughput drifts between days and within
+    an hour, so a floor is computed from the throughput beside the training.
     """
-    runs, wall_seconds = [], {}
+    runs, wall_seconds, measured = [], {}, [matmul_gflops()]
     for protocol in PROTOCOLS:
         tasks = ("even", "odd", "full") if full_task and protocol == "corrected" else ("even",
                                                                                        "odd")
@@ -392,7 +396,11 @@ def train_protocols(model: str, config: StudyConfig, *, full_task: bool = True,
         runs += train_baselines([(model, task, protocol) for task in tasks], config,
                                 arrays=arrays, progress=progress)
         wall_seconds[protocol] = round(time.perf_counter() - start, 1)
-    return runs, wall_seconds
+        measured.append(matmul_gflops())
+    gflops = {protocol: {"before": round(before, 1), "after": round(after, 1)}
+              for protocol, before, after in zip(PROTOCOLS, measured[:-1], measured[1:],
+                                                       strict=True)}
+    return runs, {"wall_seconds": wall_seconds, "matmul_gflops": gflops}
 
 
 # ----------------------------------------------------------------------- checkpoints
@@ -520,7 +528,8 @@ def write_metrics(name: str, rows: list[dict], runs: list[Run], config: StudyCon
     """Two files: ``runs/<name>.json``, what the report reads (the result rows, every
     run's details, settings and the software/thread setting that produced them, and
     ``extra``); ``metrics/<name>.json``, scalars for ``dvc metrics show/diff``: each run's
-    mean test accuracy and training time (and ``wall_seconds``). Returns the first."""
+    mean test accuracy and training time (and ``wall_seconds``, ``matmul_gflops``).
+    Returns the first."""
     from dataclasses import asdict
 
     from mnist_tl import config as paths
@@ -529,8 +538,9 @@ def write_metrics(name: str, rows: list[dict], runs: list[Run], config: StudyCon
 
     scalars = {"test_accuracy": {r.name: round(float(np.mean(r.accuracies)), 4) for r in runs},
                "train_seconds": {r.name: round(r.train_seconds, 1) for r in runs}}
-    if "wall_seconds" in extra:
-        scalars["wall_seconds"] = extra["wall_seconds"]
+    for key in ("wall_seconds", "matmul_gflops"):
+        if key in extra:
+            scalars[key] = extra[key]
     write_json(paths.metrics_dir(reports_dir) / f"{name}.json", scalars)
     return write_json(paths.reports_dir(reports_dir) / "runs" / f"{name}.json", {
         "results": rows,
