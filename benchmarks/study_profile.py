@@ -5,17 +5,17 @@ rate they achieved against benchmarks/bench_cnn.py's training rate and the FLOP 
     uv run python benchmarks/study_profile.py  # after dvc repro of the two stages
 
 Reads every run of the last ``dvc repro`` (``reports/runs/when_transfer_pays.json`` and
-``which_layers_transfer.json``): its best epoch gives the epochs it ran (early stopping
-stops ``patience`` epochs after the best, at most the maximum; both from the study's
-schedule), the data its image counts. The CNN's whole-network runs are the bases, from
+``which_layers_transfer.json``): the epochs it ran, as recorded, and the data its image
+counts. The CNN's whole-network runs are the bases, from
 scratch and fine-tuned, and notebook 07's frozen first convolution (trained through);
 frozen parts that end below linear layers train heads on cached features instead, all
 seeds at once, and are the "rest". Counted per run: images trained on, and images
 validated after each epoch (a forward pass: a third of a training step's work).
 
 Prints, per stage: its wall time, the CNN runs' share of it, and their images per second
-against the training rate and the floor of ``build/bench_cnn.json``; writes
-``build/study_profile.json``.
+against the training rate of ``build/bench_cnn.json`` and the FLOP floor, the floor at the
+matrix-multiply throughput the stage measured beside its training (the benchmark's where
+it measured none); writes ``build/study_profile.json``.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ def study_config(cls, recorded: dict):
                   for k, v in recorded.items() if k in names})
 
 
-def epochs_run(schedule: transfer.StudyConfig, n_images: int, best_epoch: int) -> int:
-    train = schedule.train_config(n_images)
-    return min(best_epoch + train.patience, train.epochs)
-
-
 def validation_images(target: dataset.TaskData, per_class: int) -> int:
     """How many validation images a run at ``per_class`` labels per class stops on: the
     study's own draw, for one seed."""
@@ -59,9 +54,9 @@ def whole_network_runs(runs: dict, data: dict, schedule, study: str) -> Iterator
         if base["network"] != "cnn":
             continue
         group = data[base["group"]]
-        epochs = [epochs_run(schedule, len(group.y_train), e) for e in base["best_epoch"]]
-        yield {"seconds": base["seconds"], "trained": sum(epochs) * len(group.y_train),
-               "validated": sum(epochs) * len(group.y_val), "all_labels": True}
+        epochs = sum(base["epochs_run"])
+        yield {"seconds": base["seconds"], "trained": epochs * len(group.y_train),
+               "validated": epochs * len(group.y_val), "all_labels": True}
     points: dict[tuple, list[dict]] = {}
     for r in runs["per_seed"]:
         if r["network"] != "cnn":
@@ -77,21 +72,27 @@ def whole_network_runs(runs: dict, data: dict, schedule, study: str) -> Iterator
             points.setdefault(key, []).append(r)
     for key, seeds in points.items():
         target = data[transfer.SPLITS[key[0]][1]]
-        epochs = sum(epochs_run(schedule, r["train_images"], r["best_epoch"]) for r in seeds)
+        epochs = sum(r["epochs_run"] for r in seeds)
         yield {"seconds": seeds[0]["seconds"], "trained": epochs * seeds[0]["train_images"],
                "validated": epochs * validation_images(target, seeds[0]["labels_per_class"]),
                "all_labels": seeds[0]["labels_per_class"] == 0}
 
 
-def profile(study: str, cls, bench: dict, arrays: dataset.Arrays, runs_dir) -> dict:
+def profile(study: str, cls, bench: dict, bench_gflops: float, arrays: dataset.Arrays,
+            runs_dir) -> dict:
     runs = read_json(Path(runs_dir) / f"{study}.json")
     schedule = study_config(cls, runs["config"])
     data = {g: transfer.group_data(g, arrays, schedule) for g in transfer.groups_needed(schedule)}
     cnn = list(whole_network_runs(runs, data, schedule, study))
     seconds = sum(r["seconds"] for r in cnn)
     work = sum(r["trained"] + VALIDATION_COST * r["validated"] for r in cnn)
-    rate, floor = bench["train_images_per_second"], bench["floor_images_per_second"]
-    return {"wall_s": runs["wall_seconds"], "cnn_whole_network_s": round(seconds, 1),
+    measured = runs.get("matmul_gflops")
+    gflops = (measured["before"] + measured["after"]) / 2 if measured else bench_gflops
+    rate = bench["train_images_per_second"]
+    floor = bench["floor_images_per_second"] * gflops / bench_gflops
+    return {"wall_s": runs["wall_seconds"], "floor_gflops": round(gflops, 1),
+            "floor_gflops_measured_by": "the stage" if measured else "the benchmark",
+            "cnn_whole_network_s": round(seconds, 1),
             "cnn_share": round(seconds / runs["wall_seconds"], 2),
             "cnn_s_at_all_labels": round(sum(r["seconds"] for r in cnn if r["all_labels"]), 1),
             "cnn_images_trained": sum(r["trained"] for r in cnn),
@@ -110,23 +111,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=config.PROJECT_ROOT / "build" / "study_profile.json")
     args = parser.parse_args(argv)
     try:
-        bench = read_json(args.bench)["networks"][NETWORK]
+        bench_file = read_json(args.bench)
     except FileNotFoundError:
         sys.exit(f"{args.bench} not found: run `uv run python benchmarks/bench_cnn.py` first.")
+    bench, bench_gflops = bench_file["networks"][NETWORK], bench_file["matmul_gflops"]
     arrays = dataset.load_arrays()
-    results = {"bench": {"file": str(args.bench), **bench}, "stages": {}}
+    results = {"bench": {"file": str(args.bench), "matmul_gflops": bench_gflops, **bench},
+               "stages": {}}
     for study, cls in (("when_transfer_pays", transfer.StudyConfig),
                        ("which_layers_transfer", layers.LayerConfig)):
-        p = results["stages"][study] = profile(study, cls, bench, arrays, args.runs)
+        p = results["stages"][study] = profile(study, cls, bench, bench_gflops, arrays,
+                                               args.runs)
         print(f"{study}: {p['wall_s']:.0f} s, of which the CNN's whole-network runs "
               f"{p['cnn_whole_network_s']:.0f} s ({p['cnn_share']:.0%}; at all labels, bases "
               f"included: {p['cnn_s_at_all_labels']:.0f} s): "
               f"{p['cnn_images_trained'] / 1e6:.1f} M images trained, "
               f"{p['cnn_images_validated'] / 1e6:.1f} M validated; "
               f"{p['cnn_images_per_s']} images/s, {p['vs_bench_rate']:.2f}x the time at the "
-              f"benchmark's {bench['train_images_per_second']} images/s "
-              f"({p['cnn_s_at_bench_rate']:.0f} s), {p['vs_floor']:.1f}x the floor "
-              f"({p['cnn_s_at_floor']:.0f} s)")
+              f"benchmark's {bench['train_images_per_second']} images/s at "
+              f"{bench_gflops:.0f} GFLOP/s ({p['cnn_s_at_bench_rate']:.0f} s), "
+              f"{p['vs_floor']:.1f}x the floor ({p['cnn_s_at_floor']:.0f} s at "
+              f"{p['floor_gflops']:.0f} GFLOP/s, measured by {p['floor_gflops_measured_by']})")
     write_json(args.out, results)
     print(f"wrote {args.out}")
 

@@ -205,15 +205,23 @@ def test_every_point_has_every_seed_and_scratch_at_all_is_the_targets_base(tiny_
                         & (points.labels_per_class == 0) & (points.target == "odd")]
         base = bases[(bases.network == network) & (bases.group == "odd")]
         assert at_all.accuracy.tolist() == base.accuracy.tolist()
+        assert at_all.epochs_run.tolist() == base.epochs_run.tolist()
     few = points[points.labels_per_class == 3]
     assert (few.train_images == 15).all()
+    # each run records the epochs it trained: at least its best, at most the maximum
+    for runs in (points, bases):
+        assert (runs.best_epoch <= runs.epochs_run).all()
+        assert (runs.epochs_run <= config.epochs).all()
 
 
 def test_outputs_hold_every_point_and_the_section_renders(tiny_study, tmp_path):
     config, points, bases = tiny_study
-    path = study.write_outputs(points, bases, config, 1.0, tmp_path)
+    path = study.write_outputs(points, bases, config, 1.0, tmp_path,
+                               matmul_gflops={"before": 150.0, "after": 140.0})
     assert path == tmp_path / "runs" / "when_transfer_pays.json"
     metrics = read_json(path)
+    assert metrics["matmul_gflops"] == {"before": 150.0, "after": 140.0}
+    assert all(len(b["epochs_run"]) == len(b["best_epoch"]) for b in metrics["bases"])
     assert len(metrics["points"]) == 2 * 2 * 3 * 3 + 2 * 3
     assert {r["labels_per_class"] for r in metrics["results"]} == {1, 3, 0}
     curves = sorted(p.name for p in (tmp_path / "plots" / "label_efficiency").iterdir())
@@ -286,3 +294,12 @@ def test_too_many_labels_per_class_fail_before_training_and_validation_is_capped
     odd = study.group_data("odd", a, quick())
     subsets = study.seed_subsets(odd, 10, (0, 1))  # more than validation has per class
     assert subsets.n_images == 50 and torch.equal(subsets.y_val, odd.y_val)
+
+
+def test_frozen_outputs_per_seed_are_each_seeds_part_on_its_own_images():
+    parts = [torch.nn.Linear(4, 3) for _ in range(2)]
+    images = torch.rand(2, 5, 4)
+    expected = torch.stack([study.frozen_outputs(p, x, "cpu") for p, x in zip(parts, images,
+                                                                             strict=True)])
+    # "cnn": the images go in as they are
+    assert torch.equal(study.frozen_outputs_per_seed(parts, images, "cnn", "cpu"), expected)

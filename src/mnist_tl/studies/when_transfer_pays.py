@@ -57,7 +57,7 @@ from mnist_tl import efficientnet as effnet
 from mnist_tl.io import write_json, write_text
 from mnist_tl.modeling.models import build_model
 from mnist_tl.modeling.small_cnn import small_cnn
-from mnist_tl.modeling.train import TrainConfig, fit, fit_network, resolve_device
+from mnist_tl.modeling.train import History, TrainConfig, fit, fit_network, resolve_device
 from mnist_tl.provenance import environment
 from mnist_tl.sampling import stratified_part
 from mnist_tl.studies.when_transfer_pays_section import (
@@ -307,12 +307,23 @@ class Runs:
     """One method's networks at one point, a seed each, and their test accuracies."""
 
     accuracy: list[float]
-    epochs: list[int]
+    epochs: list[int]  # each seed's best epoch, whose weights were kept
     seconds: float
+    epochs_run: list[int]  # each seed's epochs trained, until early stopping or the maximum
+
+    @classmethod
+    def of(cls, accuracy: list[float], histories: Sequence[History], seconds: float) -> Runs:
+        return cls(accuracy, [h.best_epoch for h in histories], seconds,
+                   [h.epochs_run for h in histories])
+
+    def first(self, count: int) -> Runs:
+        """The first ``count`` seeds' runs (the wall time is still all seeds')."""
+        return Runs(self.accuracy[:count], self.epochs[:count], self.seconds,
+                    self.epochs_run[:count])
 
 
 def train_each(network: str, models: list[nn.Module], x, y, xv, yv, config: TrainConfig,
-               seeds: Sequence[int], device, progress: bool, desc: str) -> list[int]:
+               seeds: Sequence[int], device, progress: bool, desc: str) -> list[History]:
     """Train each seed's model on its own images ``x[i]``: the MLPs all at once, the
     CNNs one after another."""
     if network == "mlp":
@@ -322,7 +333,7 @@ def train_each(network: str, models: list[nn.Module], x, y, xv, yv, config: Trai
         histories = [fit_network(m, x[i], y, config, s, x_val=xv[i], y_val=yv,
                                  device=device, progress=progress, desc=desc)
                      for i, (m, s) in enumerate(zip(models, seeds, strict=True))]
-    return [h.best_epoch for h in histories]
+    return histories
 
 
 @torch.no_grad()
@@ -332,6 +343,19 @@ def frozen_outputs(part: nn.Module, x: torch.Tensor, device, chunk: int = 4096) 
     part.to(device).eval()
     out = torch.cat([part(x[i:i + chunk].to(device)).cpu() for i in range(0, len(x), chunk)])
     part.cpu()
+    return out
+
+
+def frozen_outputs_per_seed(parts: Sequence[nn.Module], images: torch.Tensor, network: str,
+                            device) -> torch.Tensor:
+    """``(S, N, D)``: seed ``i``'s frozen part on seed ``i``'s images ``images[i]``, written
+    into one tensor as each is computed (stacking a list would hold every seed's twice)."""
+    out = None
+    for i, (part, x) in enumerate(zip(parts, images, strict=True)):
+        one = frozen_outputs(part, network_inputs(network, x), device)
+        if out is None:
+            out = one.new_empty(len(parts), *one.shape)
+        out[i] = one
     return out
 
 
@@ -352,13 +376,13 @@ def train_bases(network: str, data: dataset.TaskData, config: StudyConfig, *,
         histories = fit(models, _flat(data.x_train), data.y_train, train, config.seeds,
                         x_eval=_flat(data.x_val), y_eval=data.y_val, device=config.device,
                         progress=progress, desc=f"{network} base {data.task}")
-        epochs = [h.best_epoch for h in histories]
     else:
-        epochs = train_each(network, models, x, data.y_train, xv, data.y_val, train,
-                            config.seeds, config.device, progress, f"{network} base {data.task}")
+        histories = train_each(network, models, x, data.y_train, xv, data.y_val, train,
+                               config.seeds, config.device, progress,
+                               f"{network} base {data.task}")
     test_x = network_inputs(network, data.x_test)
     accuracy = [accuracy_on(m, test_x, data.y_test) for m in models]
-    return models, Runs(accuracy, epochs, time.perf_counter() - start)
+    return models, Runs.of(accuracy, histories, time.perf_counter() - start)
 
 
 def every_base(network: str, data: dict[str, dataset.TaskData], config: StudyConfig,
@@ -370,9 +394,10 @@ def every_base(network: str, data: dict[str, dataset.TaskData], config: StudyCon
         bar.set_postfix_str(f"{network} base {group}")
         bases[group], runs[group] = train_bases(network, group_set, config, progress=False)
         records += [{"network": network, "group": group, "seed": s, "accuracy": a,
-                     "best_epoch": e, "seconds": runs[group].seconds}
-                    for s, a, e in zip(config.seeds, runs[group].accuracy, runs[group].epochs,
-                                       strict=True)]
+                     "best_epoch": e, "epochs_run": r, "seconds": runs[group].seconds}
+                    for s, a, e, r in zip(config.seeds, runs[group].accuracy,
+                                          runs[group].epochs, runs[group].epochs_run,
+                                          strict=True)]
         bar.update()
     return bases, runs, records
 
@@ -380,7 +405,8 @@ def every_base(network: str, data: dict[str, dataset.TaskData], config: StudyCon
 def base_summary(bases: pd.DataFrame) -> list[dict]:
     """Each (network, group)'s bases: accuracy over seeds, kept epochs, wall time."""
     return [{"network": network, "group": group, "best_epoch": g.best_epoch.tolist(),
-             "seconds": float(g.seconds.iloc[0])} | evaluate.summarize(g.accuracy.tolist())
+             "epochs_run": g.epochs_run.tolist(), "seconds": float(g.seconds.iloc[0])}
+            | evaluate.summarize(g.accuracy.tolist())
             for (network, group), g in bases.groupby(["network", "group"], sort=False)]
 
 
@@ -396,24 +422,20 @@ def train_point(network: str, method: str, bases: Sequence[nn.Module], target: d
     if method == "frozen":
         fixed = [frozen_part(network, b) for b in bases]
         tops = [trained_part(network, b, s) for b, s in zip(bases, seeds, strict=True)]
-
-        def extract(images: torch.Tensor) -> torch.Tensor:
-            return torch.stack([frozen_outputs(f, network_inputs(network, x), config.device)
-                                for f, x in zip(fixed, images, strict=True)])
-
-        features, val_features = extract(subsets.x_train), extract(subsets.x_val)
+        features, val_features = (frozen_outputs_per_seed(fixed, x, network, config.device)
+                                  for x in (subsets.x_train, subsets.x_val))
         histories = fit(tops, features, subsets.y_train, train, seeds, x_eval=val_features,
                         y_eval=subsets.y_val, per_model_inputs=True, device=config.device,
                         progress=progress, desc=desc)
-        epochs = [h.best_epoch for h in histories]
         models = [nn.Sequential(f, t) for f, t in zip(fixed, tops, strict=True)]
     else:
         models = ([new_network(network, s) for s in seeds] if method == "scratch" else
                   [finetuned(b, s) for b, s in zip(bases, seeds, strict=True)])
-        epochs = train_each(network, models, subsets.x_train, subsets.y_train, subsets.x_val,
-                            subsets.y_val, train, seeds, config.device, progress, desc)
+        histories = train_each(network, models, subsets.x_train, subsets.y_train,
+                               subsets.x_val, subsets.y_val, train, seeds, config.device,
+                               progress, desc)
     accuracy = [accuracy_on(m, test_x, target.y_test) for m in models]
-    return Runs(accuracy, epochs, time.perf_counter() - start)
+    return Runs.of(accuracy, histories, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- the ImageNet base
@@ -452,7 +474,7 @@ def train_imagenet_point(features: dict[str, torch.Tensor], target: dataset.Task
                     x_eval=features["val"][subsets.val_index], y_eval=subsets.y_val,
                     per_model_inputs=True, device=config.device, progress=False)
     accuracy = [accuracy_on(h, features["test"], target.y_test) for h in heads]
-    return Runs(accuracy, [h.best_epoch for h in histories], time.perf_counter() - start)
+    return Runs.of(accuracy, histories, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------- study
@@ -468,8 +490,9 @@ def _rows(network: str, split: str, method: str, n: int, n_images: int,
     source, target = SPLITS[split]
     return [{"network": network, "split": split, "source": source, "target": target,
              "method": method, "labels_per_class": n, "train_images": n_images, "seed": s,
-             "accuracy": a, "best_epoch": e, "seconds": runs.seconds}
-            for s, a, e in zip(seeds, runs.accuracy, runs.epochs, strict=True)]
+             "accuracy": a, "best_epoch": e, "epochs_run": r, "seconds": runs.seconds}
+            for s, a, e, r in zip(seeds, runs.accuracy, runs.epochs, runs.epochs_run,
+                                  strict=True)]
 
 
 def imagenet_points(data: dict[str, dataset.TaskData], trunk: nn.Module, config: StudyConfig,
@@ -653,13 +676,15 @@ def scalar_metrics(table: pd.DataFrame, crossover_rows: list[dict], wall_seconds
 
 
 def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: StudyConfig,
-                  wall_seconds: float, reports_dir=None, imagenet_not_run: str | None = None
-                  ) -> Path:
+                  wall_seconds: float, reports_dir=None, imagenet_not_run: str | None = None,
+                  matmul_gflops: dict[str, float] | None = None) -> Path:
     """Three outputs: ``metrics/when_transfer_pays.json``, scalars for ``dvc metrics``;
     ``runs/when_transfer_pays.json``, what the report and notebook read (every point's
     summary, the paired tests, the crossovers, the bases, every seed's number, the
-    settings and software); for ``dvc plots``, one CSV per network and split in
-    ``plots/label_efficiency/``. Returns the second's path."""
+    settings and software, and the matrix-multiply throughput measured before and after
+    the study, the yardstick of its floor in ``benchmarks/study_profile.py``); for
+    ``dvc plots``, one CSV per network and split in ``plots/label_efficiency/``. Returns
+    the second's path."""
     table = summary(points)
     tests = paired_tests(points)
     crossover_rows = crossovers(tests)
@@ -677,6 +702,7 @@ def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: StudyConfig
         "imagenet_not_run": imagenet_not_run,
         "per_seed": points.to_dict("records"),
         "wall_seconds": wall_seconds,
+        "matmul_gflops": matmul_gflops,
         "config": asdict(config),
         "environment": environment(),
     })

@@ -29,7 +29,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import pandas as pd
-import torch
 from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
@@ -108,8 +107,9 @@ def copy_first_layers(base: nn.Module, fresh: nn.Module, k: int, *, freeze: bool
 def _record(network, split, base, mode, k, n, n_images, seeds, runs) -> list[dict]:
     return [{"network": network, "split": split, "base": base, "mode": mode,
              "layers_copied": k, "labels_per_class": n, "train_images": n_images, "seed": s,
-             "accuracy": a, "best_epoch": e, "seconds": runs.seconds}
-            for s, a, e in zip(seeds, runs.accuracy, runs.epochs, strict=True)]
+             "accuracy": a, "best_epoch": e, "epochs_run": r, "seconds": runs.seconds}
+            for s, a, e, r in zip(seeds, runs.accuracy, runs.epochs, runs.epochs_run,
+                                  strict=True)]
 
 
 def frozen_split(model: nn.Module, k: int) -> tuple[nn.Module, nn.Sequential] | None:
@@ -155,21 +155,18 @@ def train_copies(network: str, bases: list[nn.Module], k: int, mode: str,
         fixed, tops = zip(*splits, strict=True)
 
         def extract(images):
-            return torch.stack([transfer.frozen_outputs(f, transfer.network_inputs(network, x),
-                                                        config.device)
-                                for f, x in zip(fixed, images, strict=True)])
+            return transfer.frozen_outputs_per_seed(fixed, images, network, config.device)
 
         histories = fit(list(tops), extract(subsets.x_train), subsets.y_train, train, seeds,
                         x_eval=extract(subsets.x_val), y_eval=subsets.y_val,
                         per_model_inputs=True, device=config.device, progress=False, desc=desc)
-        epochs = [h.best_epoch for h in histories]
     else:
-        epochs = transfer.train_each(network, models, subsets.x_train, subsets.y_train,
-                                     subsets.x_val, subsets.y_val, train, seeds, config.device,
-                                     False, desc)
+        histories = transfer.train_each(network, models, subsets.x_train, subsets.y_train,
+                                        subsets.x_val, subsets.y_val, train, seeds,
+                                        config.device, False, desc)
     test_x = transfer.network_inputs(network, target.x_test)
     accuracy = [transfer.accuracy_on(m, test_x, target.y_test) for m in models]
-    return transfer.Runs(accuracy, epochs, time.perf_counter() - start)
+    return transfer.Runs.of(accuracy, histories, time.perf_counter() - start)
 
 
 def layer_transfer(arrays: dataset.Arrays, config: LayerConfig, *,
@@ -198,9 +195,7 @@ def layer_transfer(arrays: dataset.Arrays, config: LayerConfig, *,
                 row = (network, split)
                 bar.set_postfix_str(f"{network} {split} n={n or 'all'} scratch")
                 if n == 0:  # the self base is seed s's scratch run at all labels
-                    whole = base_runs[target]
-                    scratch = transfer.Runs(whole.accuracy[:len(seeds)],
-                                            whole.epochs[:len(seeds)], whole.seconds)
+                    scratch = base_runs[target].first(len(seeds))
                 else:
                     scratch = train_copies(network, bases[target][:len(seeds)], 0, "scratch",
                                            data[target], subsets, seeds, config)
@@ -319,12 +314,14 @@ def scalar_metrics(table: pd.DataFrame, wall_seconds: float) -> dict:
 
 
 def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: LayerConfig,
-                  wall_seconds: float, reports_dir=None):
+                  wall_seconds: float, reports_dir=None,
+                  matmul_gflops: dict[str, float] | None = None):
     """Three outputs: ``metrics/which_layers_transfer.json``, scalars for ``dvc metrics``;
     ``runs/which_layers_transfer.json``, what the report and notebook read (every point's
     summary, the paired tests, the bases, every seed's number, the settings and
-    software); for ``dvc plots``, one CSV per network, split and n in
-    ``plots/layer_transfer/``. Returns the second's path."""
+    software, and the matrix-multiply throughput measured before and after the study);
+    for ``dvc plots``, one CSV per network, split and n in ``plots/layer_transfer/``.
+    Returns the second's path."""
     table = summary(points)
     curves_dir = paths.reports_dir(reports_dir) / "plots" / "layer_transfer"
     for name, frame in curves_frames(table).items():
@@ -338,6 +335,7 @@ def write_outputs(points: pd.DataFrame, bases: pd.DataFrame, config: LayerConfig
         "bases": transfer.base_summary(bases),
         "per_seed": points.to_dict("records"),
         "wall_seconds": wall_seconds,
+        "matmul_gflops": matmul_gflops,
         "config": asdict(config),
         "environment": environment(),
     })
