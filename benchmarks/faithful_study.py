@@ -9,7 +9,10 @@ the deck's protocol (`slide_deck.PROTOCOLS["faithful"]`) with the settings of
 params.yaml. The four softmax and network runs train at once in worker
 processes (`slide_deck.workers`; `--workers 1`: one after another in this
 process), then the two transfers. Prints the wall time, each run's training
-time and test accuracy; writes them to build/faithful_<precision>.json. The pipeline
+time and test accuracy, and the wall time against the compute floor the report
+uses (the softmax and network products and each epoch's pass over the test set,
+at the matrix-multiply throughput measured before and after, in float32); writes
+them to build/faithful_<precision>.json. The pipeline
 (notebooks 02-04) trains the same runs plus the corrected protocol; this
 script exists to time the target's workload alone and to compare precisions.
 """
