@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mnist_tl import config, dataset
 from mnist_tl.io import read_json, write_json
+from mnist_tl.speed_section import mean_throughput
 from mnist_tl.studies import when_transfer_pays as transfer
 from mnist_tl.studies import which_layers_transfer as layers
 
@@ -87,7 +88,7 @@ def profile(study: str, cls, bench: dict, bench_gflops: float, arrays: dataset.A
     seconds = sum(r["seconds"] for r in cnn)
     work = sum(r["trained"] + VALIDATION_COST * r["validated"] for r in cnn)
     measured = runs.get("matmul_gflops")
-    gflops = (measured["before"] + measured["after"]) / 2 if measured else bench_gflops
+    gflops = mean_throughput(measured) if measured else bench_gflops
     rate = bench["train_images_per_second"]
     floor = bench["floor_images_per_second"] * gflops / bench_gflops
     return {"wall_s": runs["wall_seconds"], "floor_gflops": round(gflops, 1),

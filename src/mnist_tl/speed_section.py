@@ -125,12 +125,18 @@ def benchmark_markdown(benchmark: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_throughput(measured: dict[str, float]) -> float:
+    """The throughput (GFLOP/s) behind a floor: the mean of the measurements a study took
+    just before and just after its training (``{"before": ..., "after": ...}``)."""
+    return (measured["before"] + measured["after"]) / 2
+
+
 def study_throughput(runs: dict, protocol: str = "faithful") -> float | None:
     """The matrix-multiply throughput (GFLOP/s) a notebook measured beside one protocol's
-    training (``slide_deck.train_protocols``): the mean of its measurements just before
-    and just after; None where the runs file has none (older runs)."""
+    training (``slide_deck.train_protocols``), as :func:`mean_throughput`; None where the
+    runs file has none (older runs)."""
     measured = runs.get("matmul_gflops", {}).get(protocol)
-    return None if not measured else (measured["before"] + measured["after"]) / 2
+    return None if not measured else mean_throughput(measured)
 
 
 def study_throughput_range(runs: dict, protocol: str = "faithful") -> tuple[float, float]:
